@@ -1,0 +1,107 @@
+"""Shared fixtures for the wetlite test suite.
+
+The module under test is chosen by one indirection (as tomli's tests do), so a
+vendored copy can be tested with WETLITE_TEST_MODULE=pkg._vendor.wetlite.
+"""
+import base64
+import glob
+import hashlib
+import importlib
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+STAND_INS = os.path.join(HERE, "stand_ins")
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
+
+
+# --- local interpreters -----------------------------------------------------
+
+def local_interpreters():
+    """[(major.minor, path)] of the CPython 3.6+ interpreters pyenv has here, one per minor."""
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = {}
+    for path in sorted(glob.glob(os.path.join(root, "versions", "*", "bin", "python3"))):
+        m = re.match(r"^3\.(\d+)\.\d+$", os.path.basename(os.path.dirname(os.path.dirname(path))))
+        if m and int(m.group(1)) >= 6:
+            found["3.%s" % m.group(1)] = path
+    host = "%d.%d" % sys.version_info[:2]
+    found.setdefault(host, sys.executable)
+    return sorted(found.items(), key=lambda kv: tuple(int(x) for x in kv[0].split(".")))
+
+
+# --- packages the tests build -----------------------------------------------
+
+def make_wheel(directory, name, version, source="def hello():\n    return 'hello from %(name)s %(version)s'\n"):
+    """Write a pure-Python wheel for module ``name`` (no build tools needed)."""
+    module = name.replace("-", "_")
+    dist = "%s-%s" % (module, version)
+    path = os.path.join(str(directory), "%s-py3-none-any.whl" % dist)
+    files = {
+        "%s/__init__.py" % module: source % {"name": name, "version": version},
+        "%s.dist-info/METADATA" % dist: "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (name, version),
+        "%s.dist-info/WHEEL" % dist: "Wheel-Version: 1.0\nGenerator: wetlite-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for arcname, text in files.items():
+            data = text.encode("utf-8")
+            zf.writestr(arcname, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append("%s,sha256=%s,%d" % (arcname, digest, len(data)))
+        record.append("%s.dist-info/RECORD,," % dist)
+        zf.writestr("%s.dist-info/RECORD" % dist, "\n".join(record) + "\n")
+    return path
+
+
+def file_url(path):
+    from urllib.request import pathname2url
+    return "file://" + pathname2url(os.path.abspath(str(path)))
+
+
+# --- stand-in tools -----------------------------------------------------------
+
+def install_stand_in(directory, tool):
+    """Copy a stand-in into directory/tool with a shebang for this interpreter."""
+    os.makedirs(str(directory), exist_ok=True)
+    with open(os.path.join(STAND_INS, tool), encoding="utf-8") as f:
+        body = f.read().split("\n", 1)[1]
+    path = os.path.join(str(directory), tool)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("#!%s\n%s" % (sys.executable, body))
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_channel(tmp_path_factory):
+    """A local conda channel (WETLITE_TEST_CHANNEL, or built with make_local_channel.py)."""
+    explicit = os.environ.get("WETLITE_TEST_CHANNEL")
+    if explicit:
+        return explicit
+    tool = os.path.join(SHARED, "tools", "make_local_channel.py")
+    if not os.path.isfile(tool):
+        pytest.skip("no WETLITE_TEST_CHANNEL and no %s" % tool)
+    out = tmp_path_factory.mktemp("channel")
+    layout = os.environ.get("WETLITE_TEST_CHANNEL_LAYOUT", "venv")
+    proc = subprocess.run([sys.executable, tool, str(out), "--layout", layout, "--force"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        pytest.skip("make_local_channel.py failed: %s" % proc.stdout.decode()[-500:])
+    return file_url(out)
+
+
+@pytest.fixture
+def root(tmp_path):
+    path = tmp_path / "root"
+    return str(path)

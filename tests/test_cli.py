@@ -1,0 +1,91 @@
+"""The command line: in-process main([...]) calls, and a few real subprocess runs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, wetlite
+
+
+def run_main(capsys, *argv):
+    code = wetlite.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_and_usage_errors(capsys):
+    assert run_main(capsys, "--version") == (0, "wetlite %s\n" % wetlite.__version__, "")
+    code, out, err = run_main(capsys)
+    assert code == 2 and "COMMAND" in err
+    code, out, err = run_main(capsys, "frobnicate")
+    assert code == 2 and "frobnicate" in err
+    code, out, err = run_main(capsys, "--tool", "conda", "list")
+    assert code == 2 and "conda" in err
+
+
+def test_errors_exit_1_with_a_message(capsys, tmp_path):
+    code, out, err = run_main(capsys, "--root", str(tmp_path), "--tool", "venv", "run", "nothing", "--", "true")
+    assert code == 1
+    assert err.startswith("wetlite: error: ") and "'nothing'" in err
+    code, out, err = run_main(capsys, "--root", str(tmp_path), "--tool", "venv", "create", "bad/name")
+    assert code == 1 and "'bad/name'" in err
+
+
+@pytest.fixture(scope="module")
+def cli_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli") / "root")
+    assert wetlite.main(["-q", "--root", root, "--tool", "venv", "create", "cli"]) == 0
+    return root
+
+
+def test_create_list_run_script_remove(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "--tool", "venv", "list", "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert [(e["name"], e["tool"]) for e in listed] == [("cli", "venv")]
+    code, out, err = run_main(capsys, "--root", cli_root, "run", "cli", "--", "python", "-c",
+                              "import sys; print(sys.prefix); sys.exit(3)")
+    assert code == 3
+    assert os.path.realpath(out.strip()) == os.path.realpath(listed[0]["path"])
+    code, out, err = run_main(capsys, "--root", cli_root, "script", "cli", "--shell", "powershell", "--",
+                              "python", "it's")
+    assert code == 0 and "& 'python' 'it''s'" in out
+    code, out, err = run_main(capsys, "--root", cli_root, "script", "cli")
+    assert code == 1 and "no command given" in err
+
+
+def test_info_json(capsys, tmp_path):
+    code, out, err = run_main(capsys, "--root", str(tmp_path), "--tool", "micromamba", "info", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["root"] == str(tmp_path) and info["tool"] == "micromamba"
+    assert info["tool_version"] == wetlite.MICROMAMBA_VERSION and info["tool_installed"] is False
+
+
+def test_remove(capsys, tmp_path):
+    root = str(tmp_path / "root")
+    assert wetlite.main(["-q", "--root", root, "--tool", "venv", "create", "gone"]) == 0
+    capsys.readouterr()
+    assert run_main(capsys, "--root", root, "remove", "gone")[0] == 0
+    assert wetlite.EnvironmentManager(root=root, tool="venv").list() == []
+
+
+def test_doctor_as_a_real_subprocess(tmp_path):
+    env = dict(os.environ, WETLITE_ROOT=str(tmp_path / "root"))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "wetlite.py"), "doctor"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, out + proc.stderr.decode()
+    assert "all checks passed" in out and "create   ok" in out and "run      ok" in out
+    assert not os.path.exists(str(tmp_path / "root"))      # the throwaway environment lives elsewhere
+
+
+def test_main_leaves_logging_as_it_found_it(capsys, tmp_path):
+    import logging
+    logger = logging.getLogger("wetlite")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    assert wetlite.main(["-v", "--root", str(tmp_path), "--tool", "venv", "list"]) == 0
+    assert wetlite.main(["--root", str(tmp_path), "--tool", "venv", "run", "missing", "--", "x"]) == 1
+    assert (list(logger.handlers), logger.level, logger.propagate) == before

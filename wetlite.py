@@ -1,0 +1,3882 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The wetlite developers
+#
+# Permission is hereby granted, free of charge, to any person obtaining a copy
+# of this software and associated documentation files (the "Software"), to deal
+# in the Software without restriction, including without limitation the rights
+# to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+# copies of the Software, and to permit persons to whom the Software is
+# furnished to do so, subject to the following conditions:
+#
+# The above copyright notice and this permission notice shall be included in
+# all copies or substantial portions of the Software.
+#
+# THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+# IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+# FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+# AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+# LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+# OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+# SOFTWARE.
+"""wetlite: isolated Conda environments from one file, and code that runs in them.
+
+wetlite downloads Pixi or Micromamba on demand (or uses plain ``venv``),
+creates one isolated environment per set of dependencies, and runs shell
+commands and Python functions inside those environments from the host
+application.  It is one standard-library-only file.
+
+Library::
+
+    import wetlite
+    with wetlite.EnvironmentManager(tool="micromamba") as mgr:
+        env = mgr.create("seg", {"python": "3.11", "conda": ["numpy"], "pip": ["tifffile"]})
+        env.run(["python -c 'import numpy; print(numpy.__version__)'"])
+
+Command line::
+
+    python -m wetlite create seg --python 3.11 --conda numpy
+    python -m wetlite run seg -- python -c "print('hello')"
+    python wetlite.py doctor
+
+Vendoring: copy this file unchanged to ``yourpkg/_vendor/wetlite.py``, keep
+the header, import it as ``from yourpkg._vendor import wetlite`` and check the
+copy with ``python yourpkg/_vendor/wetlite.py --version``.
+
+Environment variables:
+
+    WETLITE_ROOT           where tools and environments live (default: the user data dir)
+    WETLITE_TOOL           default tool: pixi, micromamba or venv
+    WETLITE_PIXI           use this pixi binary, never download one
+    WETLITE_MICROMAMBA     use this micromamba binary, never download one
+    WETLITE_DOWNLOAD_URL   mirror base URL: assets come from {url}/{version}/{asset}
+    WETLITE_DOWNLOAD_TIMEOUT  seconds before a stalled download is retried (default 30)
+    WETLITE_DEBUG          1: debug logging, and generated scripts are kept
+
+Security notes: wetlite downloads Pixi from github.com/prefix-dev/pixi and
+Micromamba from github.com/mamba-org/micromamba-releases (or the mirror named
+above) and refuses any binary whose SHA-256 does not match the embedded table
+or the release's checksum file.  Archives are extracted with path checks (no
+absolute paths, no "..", no links out of the target, no device files).  It
+runs those binaries, bash or PowerShell, and the Python interpreters of the
+environments.  Every value wetlite puts into a generated script is quoted for
+that shell; command strings you pass are shell code and run as written.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EnvironmentManager",
+    "Environment",
+    "WetliteError",
+    "ToolError",
+    "DownloadError",
+    "SpecError",
+    "CommandError",
+    "ExecutorError",
+    "ProtocolError",
+    "RemoteError",
+    "WorkerDied",
+    "CallTimeout",
+    "PIXI_VERSION",
+    "MICROMAMBA_VERSION",
+    "DEFAULT_CHANNELS",
+    "main",
+]
+
+# =============================================================================
+# 1. Imports
+#    Only what every start needs.  Heavier modules (urllib, json, hashlib,
+#    subprocess, tarfile, logging, argparse, ...) are imported where used, so
+#    that `import wetlite` stays cheap: every worker start pays for it.
+# =============================================================================
+
+import os
+import sys
+
+# =============================================================================
+# 2. Constants and defaults
+# =============================================================================
+
+PIXI_VERSION = "v0.73.0"
+MICROMAMBA_VERSION = "2.8.1-0"
+DEFAULT_CHANNELS = ("conda-forge",)
+_TOOLS = ("pixi", "micromamba", "venv")
+
+# Release download bases: an asset is fetched from {base}/{version}/{asset}.
+_RELEASE_URLS = {
+    "pixi": "https://github.com/prefix-dev/pixi/releases/download",
+    "micromamba": "https://github.com/mamba-org/micromamba-releases/releases/download",
+}
+
+# SHA-256 of the pinned release assets (the Wetlands 1.1.6 artifact registry).
+# Micromamba digests are those of the raw binary, as the release's own
+# .sha256 files are, so they also verify a binary taken out of the .tar.bz2.
+_PINNED_SHA256 = {
+    ("pixi", "v0.73.0"): {
+        "pixi-aarch64-apple-darwin.tar.gz": "63e7cc91ef10eda71765c42e951362a084b2cbcbc93fb55c375c4f3acbfd7d00",
+        "pixi-aarch64-pc-windows-msvc.zip": "0ed95db2387984cc8a03aaceb7e493bb43a78cd901ef977e2bdbc2e641e491dd",
+        "pixi-aarch64-unknown-linux-musl.tar.gz": "0788f47eb37e0706de209c3ce81cc804ee128f7dd4ec09a686754a67170ddb64",
+        "pixi-x86_64-apple-darwin.tar.gz": "0c89d86eb3adc35773e3b00f443b68edcfcdd7b61700282d712613bcaf797f61",
+        "pixi-x86_64-pc-windows-msvc.zip": "d9044186bfea9771b8e35b0ed032352b557a82528cd5165db6b8ad137c7a873c",
+        "pixi-x86_64-unknown-linux-musl.tar.gz": "682564e7cd35d38307df3cd6c8e9a45a1437d20febac0c8d165809d7c38408d1",
+    },
+    ("micromamba", "2.8.1-0"): {
+        "micromamba-linux-64": "9689782d863c05a1bf5d2d371ba527104e7a4eb4310c1637d8653b751aed9c82",
+        "micromamba-linux-aarch64": "e5ba23b5945aa49dfd11022e592a510d2686a8feee810e00140b73c9fdf0ba2a",
+        "micromamba-linux-ppc64le": "321c822aaf4c2922cf3e653cbe8b44a86e28cda8f81f8fac3c0804744c7baf75",
+        "micromamba-osx-64": "b2bd613791c0a524883d7cb66505d630bf15badd1f492bc93ba78550a3a1a94b",
+        "micromamba-osx-arm64": "de71a646b73af92dd663e6ddc78993a6a4d47ea28b5d8908c3cc2b9c3077e528",
+        "micromamba-win-64": "8a51f88ec02600488ea20c3acd93fbd4da6c0f03fc499aa53fd234c6749b94b0",
+    },
+}
+
+# Pixi ships per Rust target triple, Micromamba per conda subdir.  There is no
+# pixi for linux-ppc64le and no native micromamba for Windows on ARM (the x64
+# build runs under emulation there).
+_PIXI_TRIPLES = {
+    ("linux", "x86_64"): "x86_64-unknown-linux-musl",
+    ("linux", "aarch64"): "aarch64-unknown-linux-musl",
+    ("linux", "riscv64"): "riscv64gc-unknown-linux-gnu",
+    ("osx", "x86_64"): "x86_64-apple-darwin",
+    ("osx", "aarch64"): "aarch64-apple-darwin",
+    ("win", "x86_64"): "x86_64-pc-windows-msvc",
+    ("win", "aarch64"): "aarch64-pc-windows-msvc",
+}
+_MICROMAMBA_SUBDIRS = {
+    ("linux", "x86_64"): "linux-64",
+    ("linux", "aarch64"): "linux-aarch64",
+    ("linux", "ppc64le"): "linux-ppc64le",
+    ("osx", "x86_64"): "osx-64",
+    ("osx", "aarch64"): "osx-arm64",
+    ("win", "x86_64"): "win-64",
+    ("win", "aarch64"): "win-64",
+}
+# Conda subdirs wetlite knows, and the aliases users write for them.
+_CONDA_SUBDIRS = (
+    "linux-64", "linux-aarch64", "linux-ppc64le", "linux-riscv64",
+    "osx-64", "osx-arm64", "win-64", "win-arm64",
+)
+_SUBDIR_ALIASES = {"linux-arm64": "linux-aarch64", "win-aarch64": "win-arm64", "osx-aarch64": "osx-arm64"}
+_PLATFORM_FAMILIES = {"linux": "linux", "osx": "osx", "mac": "osx", "macos": "osx", "win": "win", "windows": "win", "unix": "unix"}
+
+_ENV_ROOT = "WETLITE_ROOT"
+_ENV_TOOL = "WETLITE_TOOL"
+_ENV_TOOL_PATHS = {"pixi": "WETLITE_PIXI", "micromamba": "WETLITE_MICROMAMBA"}
+_ENV_DOWNLOAD_URL = "WETLITE_DOWNLOAD_URL"
+_ENV_DOWNLOAD_TIMEOUT = "WETLITE_DOWNLOAD_TIMEOUT"
+_ENV_DEBUG = "WETLITE_DEBUG"
+
+_DOWNLOAD_TIMEOUT = 30.0      # seconds without data before an attempt is abandoned
+_DOWNLOAD_ATTEMPTS = 4        # tries per file for transient errors
+_BACKOFF_SECONDS = 1.0        # first retry delay; doubles each time
+_TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
+_VERSION_TIMEOUT = 60.0       # a `--version` smoke test that takes longer is broken
+
+# The host's Python configuration must not leak into another interpreter.
+_SCRUBBED_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__", "VIRTUAL_ENV")
+# Nor may an activated conda or pixi shell of the host steer the tools.
+_TOOL_SCRUBBED_VARS = (
+    "CONDARC", "MAMBARC", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "CONDA_SHLVL",
+    "CONDA_PROMPT_MODIFIER", "PIXI_IN_SHELL", "PIXI_PROJECT_MANIFEST",
+    "PIXI_PROJECT_ROOT", "PIXI_PROJECT_NAME", "PIXI_ENVIRONMENT_NAME",
+)
+
+_OUTPUT_TAIL_LINES = 40
+
+# =============================================================================
+# 3. Compatibility
+#    Every shim says why it exists and when it can go.
+# =============================================================================
+
+_WINDOWS = sys.platform == "win32"
+_MACOS = sys.platform == "darwin"
+
+
+def _text_kwargs():
+    # Breakpoint: `text=` and `capture_output=` appeared in 3.7; the worker
+    # side must still run on 3.6.  Delete when the floor is 3.7.
+    return {"universal_newlines": True, "encoding": "utf-8", "errors": "replace"}
+
+
+# =============================================================================
+# 4. Errors
+#    One root.  Every message says what failed, which value, why, and what to
+#    do.  Extra attributes survive pickling (they travel in __dict__).
+# =============================================================================
+
+
+class WetliteError(Exception):
+    """Root of every error wetlite raises on purpose."""
+
+    def __reduce__(self):
+        return (self.__class__, self.args, self.__dict__)
+
+
+class ToolError(WetliteError):
+    """Pixi or Micromamba is missing, unsupported here, or not working."""
+
+
+class DownloadError(ToolError):
+    """A download failed or did not verify.  ``.url`` has credentials masked."""
+
+    def __init__(self, message, url=None, status=None):
+        WetliteError.__init__(self, message)
+        self.url = url
+        self.status = status
+
+
+class SpecError(WetliteError, ValueError):
+    """A dependency spec, environment name, config file or argument is invalid."""
+
+
+class CommandError(WetliteError):
+    """A command exited with a non-zero status.
+
+    ``.returncode`` is its exit status and ``.output_tail`` the last lines it
+    printed.
+    """
+
+    def __init__(self, message, returncode=None, output_tail=""):
+        WetliteError.__init__(self, message)
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class ExecutorError(WetliteError):
+    """The executor (the worker running in an environment) failed."""
+
+
+class ProtocolError(ExecutorError):
+    """Host and worker do not speak the same protocol."""
+
+
+class RemoteError(ExecutorError):
+    """A call raised an exception whose type the host does not have."""
+
+    def __init__(self, message, type_name=None, remote_traceback=""):
+        ExecutorError.__init__(self, message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+class WorkerDied(ExecutorError):
+    """The worker process ended while the host still needed it."""
+
+    def __init__(self, message, exitcode=None, signal=None, stderr_tail=""):
+        ExecutorError.__init__(self, message)
+        self.exitcode = exitcode
+        self.signal = signal
+        self.stderr_tail = stderr_tail
+
+
+class CallTimeout(ExecutorError, TimeoutError):
+    """A call did not finish within its timeout; it was stopped."""
+
+
+# =============================================================================
+# 5. Logging and console output
+#    The library logs to the "wetlite" logger and never configures handlers;
+#    the CLI does.  logging costs ~4 ms to import, so it is imported on use.
+# =============================================================================
+
+_logger = None
+
+
+def _log():
+    global _logger
+    if _logger is None:
+        import logging
+        _logger = logging.getLogger("wetlite")
+    return _logger
+
+
+def _debug_enabled():
+    return os.environ.get(_ENV_DEBUG, "") not in ("", "0")
+
+
+def _eprint(text):
+    # sys.stderr is None under pythonw.exe and some GUI hosts.
+    if sys.stderr is not None:
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _ProgressBar(object):
+    """A one-line download bar on a terminal; silent on a pipe or a file."""
+
+    def __init__(self, label, total=None, stream=None):
+        self.label = label
+        self.total = total or None
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = bool(self.stream is not None and getattr(self.stream, "isatty", lambda: False)())
+        self.done = 0
+        self._start = self._last = 0.0
+
+    def update(self, nbytes):
+        import time
+        now = time.monotonic()
+        if not self._start:
+            self._start = now
+        self.done += nbytes
+        if self.enabled and (now - self._last >= 0.1 or (self.total and self.done >= self.total)):
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now):
+        rate = self.done / max(now - self._start, 1e-6)
+        if self.total:
+            frac = min(self.done / float(self.total), 1.0)
+            width = 24
+            filled = int(frac * width)
+            text = "\r%s [%s%s] %s / %s %3d%% %s/s" % (
+                self.label, "#" * filled, "." * (width - filled), _human_bytes(self.done),
+                _human_bytes(self.total), int(frac * 100), _human_bytes(rate))
+        else:
+            text = "\r%s %s %s/s" % (self.label, _human_bytes(self.done), _human_bytes(rate))
+        try:
+            self.stream.write(text + "\x1b[K")
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
+
+    def close(self):
+        if self.enabled and self._start:
+            import time
+            self._draw(time.monotonic())
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        self.enabled = False
+
+
+def _human_bytes(n):
+    n = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1000.0
+
+# =============================================================================
+# 6. Platform, paths and files
+#    Functions that only compute take the platform as a parameter, so Linux
+#    tests can check what Windows or macOS would get.
+# =============================================================================
+
+
+def _platform_id(system=None, machine=None):
+    """Return ``(os, arch)`` for this machine: os is linux, osx or win."""
+    if system is None or machine is None:
+        import platform
+        system = system or platform.system()
+        machine = machine or platform.machine()
+        if system == "Darwin" and machine == "x86_64" and _under_rosetta():
+            machine = "arm64"   # an x86 Python on Apple silicon; the arm64 tools run natively
+    os_name = {"linux": "linux", "darwin": "osx", "windows": "win"}.get(system.lower(), system.lower())
+    arch = machine.lower()
+    arch = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}.get(arch, arch)
+    return os_name, arch
+
+
+def _under_rosetta():
+    import subprocess
+    try:
+        out = subprocess.run(["sysctl", "-n", "sysctl.proc_translated"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.strip() == b"1"
+
+
+def _conda_subdir(os_name, arch):
+    """The conda subdir (``linux-64``, ``osx-arm64``, ...) of a platform id."""
+    if arch == "x86_64":
+        return os_name + "-64"
+    if os_name == "osx" and arch == "aarch64":
+        return "osx-arm64"
+    if os_name == "win" and arch == "aarch64":
+        return "win-arm64"
+    return "%s-%s" % (os_name, arch)
+
+
+def _tool_asset(tool, os_name, arch):
+    """Name of the release asset of ``tool`` for a platform, or raise ToolError."""
+    key = (os_name, arch)
+    if tool == "pixi":
+        triple = _PIXI_TRIPLES.get(key)
+        if triple is None:
+            raise ToolError(
+                "pixi publishes no binary for %s (%s); use tool='micromamba' on this platform "
+                "(or tool='venv' for pip-only environments)" % (_conda_subdir(os_name, arch), arch))
+        return "pixi-%s%s" % (triple, ".zip" if os_name == "win" else ".tar.gz")
+    if tool == "micromamba":
+        subdir = _MICROMAMBA_SUBDIRS.get(key)
+        if subdir is None:
+            raise ToolError(
+                "micromamba publishes no binary for %s; use tool='pixi' if it supports this "
+                "platform, or tool='venv' for pip-only environments" % _conda_subdir(os_name, arch))
+        return "micromamba-" + subdir
+    raise ToolError("tool %r has no download; choose pixi or micromamba" % (tool,))
+
+
+def _exe_name(tool, windows=_WINDOWS):
+    return tool + (".exe" if windows else "")
+
+
+def _default_root():
+    """The user data dir: ~/.local/share/wetlite, %LOCALAPPDATA%\\wetlite, ..."""
+    explicit = os.environ.get(_ENV_ROOT)
+    if explicit:
+        return explicit
+    if _WINDOWS:
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+    elif _MACOS:
+        base = os.path.join(os.path.expanduser("~"), "Library", "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "wetlite")
+
+
+def _env_python(prefix, layout, windows=_WINDOWS):
+    """Interpreter of an environment: venv uses Scripts/, conda the prefix root."""
+    if windows:
+        if layout == "venv":
+            return os.path.join(prefix, "Scripts", "python.exe")
+        return os.path.join(prefix, "python.exe")
+    return os.path.join(prefix, "bin", "python")
+
+
+_RESERVED_WINDOWS_NAMES = frozenset(
+    ["con", "prn", "aux", "nul"] + ["com%d" % i for i in range(1, 10)] + ["lpt%d" % i for i in range(1, 10)])
+
+
+def _check_env_name(name):
+    """Raise SpecError unless ``name`` is one safe, portable path component."""
+    import re
+    if not isinstance(name, str):
+        raise SpecError("environment name must be a string, not %s (%r)" % (type(name).__name__, name))
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z", name) or name.endswith("."):
+        raise SpecError(
+            "invalid environment name %r: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it becomes a directory name)" % (name,))
+    if name.split(".")[0].lower() in _RESERVED_WINDOWS_NAMES:
+        raise SpecError("invalid environment name %r: it is reserved on Windows; choose another" % (name,))
+    return name
+
+
+def _atomic_write(path, data):
+    """Write ``data`` (str or bytes) to ``path`` through a temp file and os.replace."""
+    import tempfile
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _read_json(path):
+    """The JSON document in ``path``, or None if it is missing or unreadable."""
+    import json
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, obj):
+    import json
+    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _rmtree(path):
+    """Remove a tree, read-only files included (Windows marks some so)."""
+    import shutil
+    import stat
+
+    def retry_writable(func, target, _exc):
+        try:
+            os.chmod(target, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
+            func(target)
+        except OSError:
+            pass
+
+    if os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=retry_writable)
+        else:
+            _remove_quietly(path)
+
+
+class _FileLock(object):
+    """An exclusive lock between processes (and threads) on a lock file.
+
+    fcntl.flock on POSIX, msvcrt.locking on Windows.  The lock is released
+    by the OS if the holder dies, so a crash never leaves it stuck.
+    """
+
+    def __init__(self, path, what="the lock"):
+        self.path = path
+        self.what = what
+        self._file = None
+
+    def __enter__(self):
+        import time
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+b")
+        waited = False
+        try:
+            while not self._try_lock(f):
+                if not waited:
+                    _log().info("waiting for another process holding %s (%s)", self.what, self.path)
+                    waited = True
+                time.sleep(0.05)
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        return self
+
+    @staticmethod
+    def _try_lock(f):
+        if _WINDOWS:
+            import msvcrt
+            try:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                return False
+        import fcntl
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except (BlockingIOError, PermissionError):
+            return False
+
+    def __exit__(self, *exc):
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            if _WINDOWS:
+                import msvcrt
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        finally:
+            f.close()
+
+# =============================================================================
+# 7. Downloads and archives
+#    Everything that touches the network goes through _urlopen().
+# =============================================================================
+
+
+def _mask_url(url):
+    """The URL with any user:password part hidden, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0] or [len(rest)])
+    userinfo, at, host = rest[:end].rpartition("@")
+    return url if not at else "%s://***@%s%s" % (scheme, host, rest[end:])
+
+
+def _urlopen(url, proxies=None, timeout=None, headers=None):
+    """Open ``url`` with wetlite's User-Agent, a timeout and the given proxies.
+
+    ``proxies`` is a ``{"http": ..., "https": ...}`` dict; None means the
+    usual ``*_proxy`` environment variables.  No global opener is installed.
+    """
+    import urllib.parse
+    import urllib.request
+    handlers = []
+    if proxies is not None:
+        handlers.append(urllib.request.ProxyHandler(dict(proxies)))
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:
+        # user:password@host: send it as Basic auth to that host only (never
+        # to where a redirect may lead), and keep it out of the request line.
+        netloc = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        passwords = urllib.request.HTTPPasswordMgrWithPriorAuth()
+        passwords.add_password(None, "%s://%s/" % (parts.scheme, netloc), urllib.parse.unquote(parts.username),
+                               urllib.parse.unquote(parts.password or ""), is_authenticated=True)
+        handlers.append(urllib.request.HTTPBasicAuthHandler(passwords))
+    opener = urllib.request.build_opener(*handlers)
+    request_headers = {"User-Agent": "wetlite/" + __version__}
+    request_headers.update(headers or {})
+    request = urllib.request.Request(url, headers=request_headers)
+    return opener.open(request, timeout=_download_timeout() if timeout is None else timeout)
+
+
+def _download_timeout():
+    value = os.environ.get(_ENV_DOWNLOAD_TIMEOUT)
+    if value:
+        try:
+            return max(float(value), 0.1)
+        except ValueError:
+            raise SpecError("%s=%r is not a number of seconds" % (_ENV_DOWNLOAD_TIMEOUT, value))
+    return _DOWNLOAD_TIMEOUT
+
+
+class _TransientError(Exception):
+    """A download attempt failed in a way worth retrying."""
+
+
+def _download(url, dest, proxies=None, label=None, progress_stream=None):
+    """Download ``url`` to the file ``dest`` atomically and return its SHA-256.
+
+    Transient failures (timeouts, resets, truncated bodies, 5xx, 429) are
+    retried with exponential backoff, resuming with a Range request where
+    the server allows.  On failure nothing is left at ``dest``.
+    """
+    import hashlib
+    part = dest + ".part"
+    state = {"received": 0, "digest": hashlib.sha256()}
+
+    def attempt(response):
+        status = getattr(response, "status", None) or response.getcode()
+        if state["received"] and status != 206:
+            state["received"] = 0           # the server ignored Range: start over
+            state["digest"] = hashlib.sha256()
+        received = state["received"]
+        length = response.headers.get("Content-Length")
+        expected = received + int(length) if length and length.isdigit() else None
+        bar = _ProgressBar(label or os.path.basename(dest), expected, progress_stream)
+        bar.update(received)
+        try:
+            with open(part, "ab" if received else "wb") as out:
+                while True:
+                    chunk = response.read(1 << 16)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    state["digest"].update(chunk)
+                    state["received"] += len(chunk)
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+        if expected is not None and state["received"] != expected:
+            raise _TransientError("truncated: got %d of %d bytes" % (state["received"], expected))
+
+    try:
+        _with_retries(url, proxies, attempt,
+                      lambda: {"Range": "bytes=%d-" % state["received"]} if state["received"] else {})
+        os.replace(part, dest)
+    except BaseException:
+        _remove_quietly(part)
+        raise
+    return state["digest"].hexdigest()
+
+
+def _with_retries(url, proxies, attempt, headers=lambda: {}):
+    """Open ``url`` and run ``attempt(response)``, retrying transient failures.
+
+    Returns what ``attempt`` returns.  Raises DownloadError for a permanent
+    failure, or after ``_DOWNLOAD_ATTEMPTS`` transient ones.
+    """
+    import http.client
+    import socket
+    import time
+    import urllib.error
+    shown = _mask_url(url)
+    last_error = last_status = None
+    for number in range(_DOWNLOAD_ATTEMPTS):
+        if number:
+            delay = _BACKOFF_SECONDS * (2 ** (number - 1))
+            _log().info("retrying %s in %.1f s (%s)", shown, delay, last_error)
+            time.sleep(delay)
+        try:
+            with _urlopen(url, proxies, headers=headers()) as response:
+                return attempt(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code in _TRANSIENT_HTTP:
+                last_error, last_status = "HTTP %d %s" % (exc.code, exc.reason), exc.code
+                continue
+            hint = " (check the version and the download URL)" if exc.code == 404 else ""
+            raise DownloadError("download of %s failed: HTTP %d %s%s" % (shown, exc.code, exc.reason, hint),
+                                url=shown, status=exc.code)
+        except (urllib.error.URLError, socket.timeout, http.client.HTTPException,
+                ConnectionError, _TransientError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            last_error = "timed out" if isinstance(reason, socket.timeout) else str(reason) or type(exc).__name__
+            last_status = None
+            if isinstance(exc, urllib.error.URLError) and not isinstance(reason, (socket.timeout, OSError)):
+                raise DownloadError("download of %s failed: %s" % (shown, last_error), url=shown)
+    raise DownloadError(
+        "download of %s failed after %d attempts: %s; check the network, the proxy settings "
+        "(proxies= or *_proxy variables) or set %s to a reachable mirror"
+        % (shown, _DOWNLOAD_ATTEMPTS, last_error, _ENV_DOWNLOAD_URL), url=shown, status=last_status)
+
+
+def _fetch_text(url, proxies=None, limit=1 << 16):
+    """Small text resources (checksum files): the body, or None on HTTP 404."""
+    try:
+        return _with_retries(url, proxies, lambda response: response.read(limit).decode("utf-8", "replace"))
+    except DownloadError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _parse_sha256(text, source):
+    """The digest in a .sha256 file: its first token (pixi writes "<hex>  <name>")."""
+    token = (text or "").strip().split(None, 1)[0].lstrip("*").lower() if (text or "").strip() else ""
+    if len(token) != 64 or any(c not in "0123456789abcdef" for c in token):
+        raise DownloadError("checksum file %s does not hold a SHA-256 digest" % (source,), url=source)
+    return token
+
+
+def _file_sha256(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unsafe_member_reason(name, dest, kind=None, link_target=None):
+    """Why an archive member may not be extracted into ``dest``, or None.
+
+    Refuses absolute paths, drive letters, ".." components, device files and
+    links that point outside ``dest``.
+    """
+    import posixpath
+    if kind in ("device", "fifo"):
+        return "is a device or FIFO"
+    normalized = name.replace("\\", "/")
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        return "has an absolute path"
+    if ".." in normalized.split("/"):
+        return "contains '..'"
+    if link_target is not None:
+        target = link_target.replace("\\", "/")
+        if target.startswith("/") or (len(target) > 1 and target[1] == ":"):
+            return "links to an absolute path"
+        base = posixpath.dirname(normalized) if kind == "symlink" else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
+        if resolved == ".." or resolved.startswith("../"):
+            return "links outside the archive"
+    return None
+
+
+def _safe_extract(archive, dest):
+    """Extract a .tar.gz/.tar.bz2/.zip into ``dest`` after checking every member.
+
+    The whole archive is refused (ToolError) if any member is unsafe, before
+    anything is written.
+    """
+    import tarfile
+    import zipfile
+    os.makedirs(dest, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                reason = _unsafe_member_reason(info.filename, dest, "symlink" if is_link else None,
+                                               zf.read(info).decode("utf-8", "replace") if is_link else None)
+                if reason is None and is_link:
+                    reason = "is a symbolic link"   # zipfile would write it as a plain file
+                if reason:
+                    raise ToolError("refusing archive %s: member %r %s" % (archive, info.filename, reason))
+            zf.extractall(dest)
+        return
+    try:
+        tf = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise ToolError("cannot read archive %s: %s" % (archive, exc))
+    with tf:
+        members = tf.getmembers()
+        links = set()
+        for m in members:
+            kind = ("device" if (m.ischr() or m.isblk()) else "fifo" if m.isfifo() else
+                    "symlink" if m.issym() else "hardlink" if m.islnk() else None)
+            reason = _unsafe_member_reason(m.name, dest, kind, m.linkname if kind in ("symlink", "hardlink") else None)
+            parts = m.name.replace("\\", "/").strip("/").split("/")
+            if reason is None and any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+                reason = "goes through a symbolic link"     # a -> ., a/b -> .. would chain out
+            if reason:
+                raise ToolError("refusing archive %s: member %r %s" % (archive, m.name, reason))
+            if kind == "symlink":
+                links.add("/".join(parts))
+        # Breakpoint: PEP 706 extraction filters (3.12, backported to 3.8.17+,
+        # 3.9.17+, 3.10.12+, 3.11.4+): test the attribute, not the version.
+        # The checks above already hold without them.
+        try:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, members=members, filter="data")
+            else:
+                tf.extractall(dest, members=members)
+        except (tarfile.TarError, OSError) as exc:
+            raise ToolError("cannot extract archive %s: %s" % (archive, exc))
+
+# =============================================================================
+# 8. Tools: Pixi, Micromamba and local interpreters for venv
+#    A tool binary lives in {root}/bin with a marker naming its release tag.
+#    Installing verifies, extracts into a staging dir next to the target,
+#    runs `--version`, then os.replace()s: a failed upgrade keeps the old one.
+# =============================================================================
+
+
+def _normalize_tool_version(tool, version):
+    """A release tag: pixi ``v0.73.0``; micromamba ``2.8.1-0`` (build 0 if omitted)."""
+    import re
+    default = PIXI_VERSION if tool == "pixi" else MICROMAMBA_VERSION
+    if version is None:
+        return default
+    text = str(version).strip()
+    if tool == "pixi":
+        if re.match(r"^v?\d+\.\d+\.\d+(?:[-.]?[A-Za-z0-9.]+)?\Z", text):
+            return text if text.startswith("v") else "v" + text
+    else:
+        m = re.match(r"^(\d+\.\d+\.\d+(?:[A-Za-z0-9.]+)?)(-\d+)?\Z", text)
+        if m:
+            return m.group(1) + (m.group(2) or "-0")
+    raise ToolError("invalid %s version %r: give a release tag such as %r" % (tool, version, default))
+
+
+def _tool_version(exe, env=None):
+    """Run ``exe --version`` and return the version it prints (the smoke test)."""
+    import re
+    import subprocess
+    try:
+        proc = subprocess.run([exe, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=_VERSION_TIMEOUT, env=env)
+    except subprocess.TimeoutExpired:
+        raise ToolError("%s --version did not answer within %d s; the binary is broken or blocked"
+                        % (exe, _VERSION_TIMEOUT))
+    except OSError as exc:
+        raise ToolError("cannot run %s: %s; check that it is an executable for this platform" % (exe, exc))
+    text = proc.stdout.decode("utf-8", "replace").strip()
+    found = re.search(r"(\d+\.\d+\.\d+[A-Za-z0-9.]*)", text)
+    if proc.returncode != 0 or not found:
+        raise ToolError("%s --version failed (exit code %s): %s" % (exe, proc.returncode, text[-500:] or "no output"))
+    return found.group(1)
+
+
+def _tag_version(tag):
+    """The version a binary prints for a release tag: v0.73.0 -> 0.73.0, 2.8.1-0 -> 2.8.1."""
+    import re
+    return re.sub(r"-\d+\Z", "", tag[1:] if tag.startswith("v") else tag)
+
+
+def _install_tool(tool, root, tag, base_url, proxies=None, verify=True, platform_id=None):
+    """Download, verify and install ``tool`` at release ``tag`` under root/bin."""
+    os_name, arch = platform_id or _platform_id()
+    asset = _tool_asset(tool, os_name, arch)
+    windows = os_name == "win"
+    bin_dir = os.path.join(root, "bin")
+    target = os.path.join(bin_dir, _exe_name(tool, windows))
+    marker = os.path.join(bin_dir, "." + tool + "-version")
+    if os.path.isfile(target) and _read_marker(marker) == tag:
+        return target
+    with _FileLock(os.path.join(root, "state", "locks", "install-" + tool + ".lock"), "the %s install lock" % tool):
+        if os.path.isfile(target) and _read_marker(marker) == tag:
+            return target           # another process installed it while we waited
+        import tempfile
+        os.makedirs(bin_dir, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=".install-" + tool + "-", dir=bin_dir)
+        try:
+            _log().info("installing %s %s (%s) into %s", tool, tag, asset, bin_dir)
+            staged = _fetch_tool(tool, tag, asset, base_url, proxies, verify, stage, windows)
+            found = _tool_version(staged)
+            if found != _tag_version(tag):
+                raise ToolError("the downloaded %s reports version %s, expected %s; the mirror %s serves "
+                                "the wrong file" % (tool, found, _tag_version(tag), _mask_url(base_url)))
+            os.replace(staged, target)
+            _atomic_write(marker, tag)
+        except BaseException as exc:
+            if isinstance(exc, WetliteError) and os.path.isfile(target):
+                _log().warning("%s was not upgraded to %s; keeping the existing %s", tool, tag, target)
+            raise
+        finally:
+            _rmtree(stage)
+    return target
+
+
+def _read_marker(path):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _fetch_tool(tool, tag, asset, base_url, proxies, verify, stage, windows):
+    """Download ``asset`` into ``stage``, verify it and return the binary's path."""
+    url = "%s/%s/%s" % (base_url.rstrip("/"), tag, asset)
+    download = os.path.join(stage, asset)
+    label = "%s %s" % (tool, tag)
+    # Micromamba's package sidecar also holds the raw binary's digest, so a
+    # mirror that carries only the package can still be verified.
+    sidecars = [url + ".sha256"] + ([url + ".tar.bz2.sha256"] if tool == "micromamba" else [])
+    expected = _require_sha256(_known_sha256(tool, tag, asset, sidecars, proxies), tool, tag, url, verify)
+    if tool == "pixi":
+        _check_digest(_download(url, download, proxies, label), expected, url)
+        binary = _find_binary(download, os.path.join(stage, "extracted"), ("pixi.exe", "pixi"))
+    else:
+        try:
+            digest = _download(url, download, proxies, label)
+        except DownloadError as exc:
+            if exc.status != 404:
+                raise
+            # Some mirrors (and micro.mamba.pm) only carry the conda package.
+            url += ".tar.bz2"
+            download += ".tar.bz2"
+            digest = _download(url, download, proxies, label)
+        with open(download, "rb") as f:
+            is_package = f.read(3) == b"BZh"
+        if is_package:
+            # The release's digests are those of the raw binary inside.
+            binary = _find_binary(download, os.path.join(stage, "extracted"),
+                                  ("Library/bin/micromamba.exe", "bin/micromamba"))
+            digest = _file_sha256(binary)
+        else:
+            binary = download
+        _check_digest(digest, expected, url)
+    final = os.path.join(stage, _exe_name(tool, windows))
+    if os.path.abspath(binary) != os.path.abspath(final):
+        os.replace(binary, final)
+    os.chmod(final, 0o755)
+    return final
+
+
+def _known_sha256(tool, tag, asset, sidecars, proxies):
+    """The pinned digest of an asset, else the first sidecar's, else None."""
+    pinned = _PINNED_SHA256.get((tool, tag), {}).get(asset)
+    if pinned:
+        return pinned
+    for sidecar in sidecars:
+        text = _fetch_text(sidecar, proxies)
+        if text is not None:
+            return _parse_sha256(text, _mask_url(sidecar))
+    return None
+
+
+def _require_sha256(expected, tool, tag, url, verify):
+    if expected is not None:
+        return expected
+    if verify:
+        raise DownloadError(
+            "no checksum for %s %s: it is not pinned in wetlite and %s.sha256 does not exist; use a pinned "
+            "version (%s) or, if you trust the source, EnvironmentManager(..., verify_downloads=False)"
+            % (tool, tag, _mask_url(url), PIXI_VERSION if tool == "pixi" else MICROMAMBA_VERSION),
+            url=_mask_url(url + ".sha256"), status=404)
+    _log().warning("installing %s %s from %s WITHOUT checksum verification (verify_downloads=False)",
+                   tool, tag, _mask_url(url))
+    return None
+
+
+def _check_digest(digest, expected, url):
+    if expected is not None and digest != expected:
+        raise DownloadError("checksum mismatch for %s: got sha256 %s, expected %s; the file is corrupt or "
+                            "was tampered with, and was not installed" % (_mask_url(url), digest, expected),
+                            url=_mask_url(url))
+
+
+def _find_binary(archive, dest, wanted):
+    """Extract ``archive`` safely and return the regular file at one of ``wanted``.
+
+    A bare name (``pixi``) is looked for at the archive root first, then
+    anywhere, as pixi's own installer does for nested layouts.
+    """
+    _safe_extract(archive, dest)
+    for relative in wanted:
+        path = os.path.join(dest, *relative.split("/"))
+        if os.path.isfile(path) and not os.path.islink(path):
+            return path
+    names = [w for w in wanted if "/" not in w]
+    for directory, _dirs, files in sorted(os.walk(dest)):
+        for name in names:
+            path = os.path.join(directory, name)
+            if name in files and not os.path.islink(path):
+                return path
+    raise ToolError("archive %s holds no %s" % (os.path.basename(archive), " or ".join(wanted)))
+
+
+_MAMBARC_TEXT = """\
+# wetlite passes this file to micromamba with --rc-file, so that ~/.condarc and
+# other user files do not change how environments under this root are built.
+# Channels are given on each command line, never here.  Add settings your
+# network needs (proxy_servers, ssl_verify, ...), as in any .mambarc.
+channel_priority: flexible
+"""
+
+
+def _ensure_mambarc(root):
+    path = os.path.join(root, ".mambarc")
+    if not os.path.exists(path):
+        _atomic_write(path, _MAMBARC_TEXT)
+    return path
+
+
+# --- Local interpreters (the venv tool) -------------------------------------
+
+_VERSION_PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
+
+
+def _interpreter_version(exe):
+    import subprocess
+    try:
+        proc = subprocess.run([exe, "-I", "-c", _VERSION_PROBE], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30,
+                              env=_child_environ())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = proc.stdout.decode("ascii", "replace").strip()
+    return text if proc.returncode == 0 and text.count(".") == 2 else None
+
+
+def _interpreter_candidates():
+    """Yield ``(path, version or None)`` for the interpreters this machine has.
+
+    The host first, then pyenv's versions, then PATH, then the Windows py
+    launcher.  A None version is probed only if it is needed.
+    """
+    import glob
+    import re
+    yield sys.executable, "%d.%d.%d" % sys.version_info[:3]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.join(os.path.expanduser("~"), ".pyenv")
+    for bin_python in sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python3"))):
+        m = re.match(r"^(\d+\.\d+\.\d+)\Z", os.path.basename(os.path.dirname(os.path.dirname(bin_python))))
+        if m:
+            yield bin_python, m.group(1)
+    shims = os.path.join(pyenv_root, "shims")
+    names = ["python3.%d" % minor for minor in range(30, 5, -1)] + ["python3", "python"]
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not directory or os.path.abspath(directory) == os.path.abspath(shims):
+            continue        # pyenv shims are slow and fail for versions not selected
+        for name in names:
+            path = os.path.join(directory, name + (".exe" if _WINDOWS else ""))
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                yield path, None
+    if _WINDOWS:
+        import subprocess
+        try:
+            out = subprocess.run(["py", "-0p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 timeout=30).stdout.decode("utf-8", "replace")
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        for line in out.splitlines():
+            m = re.search(r"([A-Za-z]:\\.*python\.exe)\s*$", line.strip(), re.I)
+            if m:
+                yield m.group(1), None
+
+
+def _choose_interpreter(python_spec):
+    """Pick a local interpreter (path, version) for the venv tool.
+
+    The host wins when it matches, because results and pickles then behave
+    the same on both sides; otherwise the highest matching version.
+    """
+    seen = set()
+    best = None
+    tried = []
+    for path, version in _interpreter_candidates():
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        if version is None:
+            version = _interpreter_version(path)
+            if version is None:
+                continue
+        tried.append(version)
+        if _version_tuple(version) < (3, 6) or not _python_spec_matches(python_spec, version):
+            continue
+        if path == sys.executable:
+            return path, version
+        if best is None or _version_tuple(version) > _version_tuple(best[1]):
+            best = (path, version)
+    if best is not None and _interpreter_version(best[0]) is not None:
+        return best
+    raise ToolError(
+        "no local Python interpreter matches python=%r for the venv tool (found: %s); install one "
+        "(pyenv, python.org, the py launcher) or use tool='micromamba' or 'pixi', which download Python"
+        % (python_spec, ", ".join(sorted(set(tried), key=_version_tuple)) or "none"))
+
+
+def _version_tuple(version):
+    parts = []
+    for piece in version.split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+# =============================================================================
+# 9. Dependency specs and config files
+#    A spec is {"python", "conda", "pip", "channels"}; entries are strings or
+#    {"name", "platforms", "optional", "dependencies"} dicts.  Everything is
+#    validated before any tool runs, and errors name the offending value.
+# =============================================================================
+
+_SPEC_KEYS = ("python", "conda", "pip", "channels")
+_ENTRY_KEYS = ("name", "platforms", "optional", "dependencies")
+_CONFIG_KINDS = {
+    "requirements": "requirements.txt (pip)",
+    "environment": "environment.yml",
+    "pixi": "pixi.toml",
+    "pyproject": "pyproject.toml",
+}
+
+
+def _as_list(value, what):
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise SpecError("%s must be a list of strings, not %s %r; wrap a single value in a list"
+                    % (what, type(value).__name__, value))
+
+
+def _normalize_dependencies(deps, tool, where="dependencies"):
+    """Validate a spec dict and return it in canonical form (plain JSON data)."""
+    if deps is None:
+        deps = {}
+    if not isinstance(deps, dict):
+        raise SpecError("%s must be a dict such as {'python': '3.11', 'conda': ['numpy'], 'pip': "
+                        "['tifffile']}, not %s %r" % (where, type(deps).__name__, deps))
+    unknown = sorted(str(k) for k in deps if k not in _SPEC_KEYS)
+    if unknown:
+        raise SpecError("unknown key %s in %s; the keys are: %s"
+                        % (", ".join(repr(k) for k in unknown), where, ", ".join(_SPEC_KEYS)))
+    python = deps.get("python")
+    if python is not None:
+        python = _check_python_spec(python)
+    conda = [_normalize_entry(e, "conda") for e in _as_list(deps.get("conda"), "'conda'")]
+    pip = [_normalize_entry(e, "pip") for e in _as_list(deps.get("pip"), "'pip'")]
+    channels = []
+    for channel in _as_list(deps.get("channels"), "'channels'"):
+        if not isinstance(channel, str) or not channel.strip() or any(c.isspace() or ord(c) < 32 for c in channel.strip()):
+            raise SpecError("invalid channel %r: give a channel name or URL without spaces" % (channel,))
+        channels.append(channel.strip())
+    if tool == "venv":
+        if conda:
+            raise SpecError("the venv tool installs pip packages only, but conda package %r was requested; "
+                            "move it to 'pip' or use tool='micromamba' or tool='pixi'" % conda[0]["name"])
+        if channels:
+            raise SpecError("the venv tool has no conda channels (got %r); drop 'channels' or use "
+                            "tool='micromamba' or tool='pixi'" % channels)
+    if tool == "pixi":
+        for entry in conda:
+            if not entry["dependencies"]:
+                raise SpecError("pixi cannot install conda package %r without its dependencies; drop "
+                                "'dependencies': False or use tool='micromamba'" % entry["name"])
+        for entry in pip:
+            if entry["name"].startswith("-"):
+                raise SpecError("pip option %r cannot be passed to pixi; put pypi options in a pixi.toml "
+                                "([pypi-options]) and use config=, or use tool='micromamba' or 'venv'"
+                                % entry["name"])
+    return {"python": python, "conda": conda, "pip": pip, "channels": channels}
+
+
+def _check_python_spec(python):
+    import re
+    if isinstance(python, float):
+        raise SpecError("python version %r must be a string such as '3.10' (as a float, 3.10 is 3.1)" % (python,))
+    if isinstance(python, int) and not isinstance(python, bool):
+        python = str(python)
+    if not isinstance(python, str) or not re.match(r"^[0-9A-Za-z.*=<>!~, |]+\Z", python.strip()):
+        raise SpecError("invalid python spec %r: use a version ('3.11') or a specifier ('>=3.10,<3.13')" % (python,))
+    python = python.strip()
+    try:
+        _python_pep440(python)
+    except ValueError as exc:
+        raise SpecError("invalid python spec %r: %s" % (python, exc))
+    return python
+
+
+def _python_pep440(spec):
+    """PEP 440 alternatives for a python spec: '3.11' and conda's '=3.11' mean 3.11.*."""
+    import re
+    alternatives = []
+    for alt in spec.split("|"):
+        alt = alt.strip().replace(" ", "")
+        m = re.match(r"^=?(\d+(?:\.\d+)*)(?:\.\*)?\Z", alt)
+        if m:
+            alt = "==%s.*" % m.group(1)
+        elif not alt:
+            raise ValueError("empty alternative")
+        _version_matches(alt, "3.0")          # raises ValueError if malformed
+        alternatives.append(alt)
+    return alternatives
+
+
+def _python_spec_matches(spec, version):
+    if spec is None:
+        return True
+    return any(_version_matches(alt, version, prereleases=True) for alt in _python_pep440(spec))
+
+
+def _python_conda_spec(spec):
+    """The conda match spec for a python spec: '3.11' -> 'python=3.11'."""
+    spec = spec.replace(" ", "")
+    return "python" + ("=" + spec if spec[:1].isdigit() else spec)
+
+
+def _python_marker_version(spec):
+    """The X.Y a python spec pins, for evaluating markers on its behalf, or None."""
+    import re
+    if spec:
+        m = re.match(r"^(?:==?|~=)?(\d+\.\d+)(?:\.[\d*]+)*\Z", spec.replace(" ", ""))
+        if m:
+            return m.group(1)
+    return None
+
+
+def _normalize_entry(entry, kind):
+    if isinstance(entry, str):
+        data = {"name": entry}
+    elif isinstance(entry, dict):
+        data = entry
+        unknown = sorted(str(k) for k in data if k not in _ENTRY_KEYS)
+        if unknown:
+            raise SpecError("unknown key %s in %s entry %r; the keys are: %s"
+                            % (", ".join(repr(k) for k in unknown), kind, entry, ", ".join(_ENTRY_KEYS)))
+    else:
+        raise SpecError("%s entry %r must be a string or a dict with 'name'" % (kind, entry))
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError("%s entry %r needs a non-empty string 'name'" % (kind, entry))
+    name = name.strip()
+    for flag in ("optional", "dependencies"):
+        if flag in data and not isinstance(data[flag], bool):
+            raise SpecError("%r of %s entry %r must be True or False, not %r" % (flag, kind, name, data[flag]))
+    platforms = data.get("platforms")
+    if platforms is not None:
+        platforms = sorted(set(_normalize_platform(p, name) for p in _as_list(platforms, "'platforms' of %r" % name)))
+    if kind == "conda":
+        _check_conda_spec(name)
+    else:
+        _check_pip_entry(name)
+        if name.startswith("-") and data.get("dependencies") is False:
+            raise SpecError("pip option %r cannot carry 'dependencies': False" % (name,))
+    return {"name": name, "platforms": platforms or None, "optional": bool(data.get("optional", False)),
+            "dependencies": bool(data.get("dependencies", True))}
+
+
+def _normalize_platform(platform_name, entry_name):
+    if isinstance(platform_name, str):
+        p = platform_name.strip().lower()
+        p = _SUBDIR_ALIASES.get(p, p)
+        if p in _CONDA_SUBDIRS:
+            return p
+        if p in _PLATFORM_FAMILIES:
+            return _PLATFORM_FAMILIES[p]
+    raise SpecError("unknown platform %r for %r: use a conda subdir (%s) or linux, osx, win, unix"
+                    % (platform_name, entry_name, ", ".join(_CONDA_SUBDIRS)))
+
+
+def _platform_applies(platforms, subdir):
+    if not platforms:
+        return True
+    family = subdir.split("-")[0]
+    return any(p == subdir or p == family or (p == "unix" and family in ("linux", "osx")) for p in platforms)
+
+
+def _check_conda_spec(spec):
+    import re
+    if not re.match(r"^(?:[A-Za-z0-9_.:/~%+-]+::)?[A-Za-z0-9_][A-Za-z0-9_.+-]*"
+                    r"(?:[ =<>!~,|*.+\w\[\]'\"]*)\Z", spec):
+        raise SpecError("invalid conda package spec %r: write it as 'name', 'name=1.2', 'name>=1.2,<2', "
+                        "'name 1.2.*' or 'channel::name'" % (spec,))
+
+
+def _check_pip_entry(entry):
+    if "::" in entry:
+        raise SpecError("pip entry %r looks like a conda spec (channel::package); put it in 'conda'" % (entry,))
+    if any(ord(c) < 32 for c in entry):
+        raise SpecError("pip entry %r contains a control character" % (entry,))
+    if entry.startswith("-"):
+        return          # a pip option such as '--index-url URL' or '--pre'
+    try:
+        _parse_requirement(entry)
+    except ValueError as exc:
+        raise SpecError("invalid pip requirement %r: %s; write 'name', 'name>=1.2', 'name[extra]' or "
+                        "'name @ file:///path/to/pkg'" % (entry, exc))
+
+
+def _select_entries(entries, subdir, kind):
+    """Names for this platform, split into (with dependencies, without)."""
+    with_deps, no_deps = [], []
+    for entry in entries:
+        if not _platform_applies(entry["platforms"], subdir):
+            if entry["optional"]:
+                continue
+            raise SpecError("%s package %r is only for %s, not this platform (%s); mark it 'optional': True "
+                            "to skip it here" % (kind, entry["name"], ", ".join(entry["platforms"]), subdir))
+        (with_deps if entry["dependencies"] else no_deps).append(entry["name"])
+    return with_deps, no_deps
+
+
+def _pip_args(entries):
+    """pip command-line arguments for entries: options are split shell-style."""
+    import shlex
+    args = []
+    for name in entries:
+        args.extend(shlex.split(name) if name.startswith("-") else [name])
+    return args
+
+
+def _strip_markers(requirements, python_version):
+    """Evaluate markers for a target python and drop them (pixi cannot take them)."""
+    environment = _marker_environment(python_version)
+    kept = []
+    for text in requirements:
+        req = _parse_requirement(text)
+        if req["marker"] and not _evaluate_marker(req["marker"], environment):
+            continue
+        base = req["name"] + ("[%s]" % ",".join(req["extras"]) if req["extras"] else "")
+        kept.append("%s @ %s" % (base, req["url"]) if req["url"] else base + req["specifier"])
+    return kept
+
+
+def _channel_of(conda_spec):
+    return conda_spec.split("::", 1)[0] if "::" in conda_spec else None
+
+
+def _merge_channels(*groups):
+    merged = []
+    for group in groups:
+        for channel in group:
+            if channel not in merged:
+                merged.append(channel)
+    return merged
+
+
+# --- Config files ------------------------------------------------------------
+
+
+def _config_kind(path):
+    name = os.path.basename(path).lower()
+    if name == "pixi.toml":
+        return "pixi"
+    if name == "pyproject.toml":
+        return "pyproject"
+    if name.endswith((".yml", ".yaml")):
+        return "environment"
+    if name.endswith(".txt") or name.endswith(".in"):
+        return "requirements"
+    raise SpecError("unsupported config file %r: use requirements.txt, environment.yml, pixi.toml or "
+                    "pyproject.toml" % (path,))
+
+
+def _read_config(path, tool):
+    """Read a config file into {kind, path, files, sha256, python, conda, pip, channels}."""
+    import hashlib
+    import re
+    if not isinstance(path, (str, os.PathLike)):
+        raise SpecError("config must be a path, not %s %r" % (type(path).__name__, path))
+    path = os.path.abspath(os.fspath(path))
+    kind = _config_kind(path)
+    if not os.path.isfile(path):
+        raise SpecError("config file %r does not exist" % (path,))
+    if kind in ("pixi", "pyproject") and tool != "pixi":
+        raise SpecError("%s can only be used with tool='pixi' (got tool=%r): pixi reads it as the workspace "
+                        "manifest" % (os.path.basename(path), tool))
+    result = {"kind": kind, "path": path, "files": [path], "python": None, "conda": [], "pip": [], "channels": []}
+    if kind == "requirements":
+        result["pip"], result["files"] = _read_requirements(path)
+    elif kind == "environment":
+        data = _read_environment_yml(path)
+        result["channels"] = data["channels"]
+        for spec in data["dependencies"]:
+            m = re.match(r"^(?:[^:]+::)?([A-Za-z0-9_][A-Za-z0-9_.+-]*)\s*(.*)$", spec)
+            name, constraint = (m.group(1).lower(), m.group(2).strip()) if m else ("", "")
+            if name == "python" and result["python"] is None:
+                result["python"] = _check_python_spec(constraint) if constraint else None
+            elif name != "pip":         # pip itself: every environment with python gets it
+                result["conda"].append(spec)
+        result["pip"] = data["pip"]
+        if tool == "venv" and result["conda"]:
+            raise SpecError("%s asks for conda package %r, but the venv tool installs pip packages only; use "
+                            "tool='micromamba' or tool='pixi'" % (path, result["conda"][0]))
+    digest = hashlib.sha256()
+    for name in result["files"]:
+        with open(name, "rb") as f:
+            digest.update(f.read())
+    if kind in ("pixi", "pyproject"):
+        lock = os.path.join(os.path.dirname(path), "pixi.lock")
+        if os.path.isfile(lock):
+            result["files"].append(lock)
+            with open(lock, "rb") as f:
+                digest.update(f.read())
+    result["sha256"] = digest.hexdigest()
+    return result
+
+
+def _read_requirements(path, _seen=None):
+    """Requirement lines of a requirements file, following -r includes.
+
+    Returns (entries, files).  Options are kept as pip options; markers stay
+    on their requirement (pip evaluates them in the environment itself).
+    """
+    import re
+    seen = _seen if _seen is not None else []
+    path = os.path.abspath(path)
+    if path in seen:
+        raise SpecError("requirements file %r includes itself (through %s)" % (path, " -> ".join(seen)))
+    seen.append(path)
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as exc:
+        raise SpecError("cannot read requirements file %r: %s" % (path, exc))
+    entries, files = [], [path]
+    lines = re.sub(r"\\\r?\n", "", text).splitlines()
+    for number, raw in enumerate(lines, 1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
+        m = re.match(r"^(-r|--requirement)(?:\s+|=|(?<=-r))(\S.*)$", line)
+        if m:
+            included = os.path.join(os.path.dirname(path), m.group(2).strip())
+            sub_entries, sub_files = _read_requirements(included, seen)
+            entries.extend(sub_entries)
+            files.extend(f for f in sub_files if f not in files)
+            continue
+        m = re.match(r"^(-c|--constraint)(?:\s+|=|(?<=-c))(\S.*)$", line)
+        if m:
+            entries.append("--constraint " + os.path.join(os.path.dirname(path), m.group(2).strip()))
+            continue
+        if line.startswith("-"):
+            entries.append(line)
+            continue
+        requirement = re.split(r"\s+--?[a-z]", line)[0].strip()   # drop per-line options (--hash=...)
+        try:
+            _parse_requirement(requirement)
+        except ValueError as exc:
+            raise SpecError("invalid requirement %r in %s line %d: %s" % (requirement, path, number, exc))
+        entries.append(requirement)
+    seen.pop()
+    return entries, files
+
+
+def _read_environment_yml(path):
+    """Read the subset of environment.yml that conda tools use.
+
+    Keys: name, channels, dependencies (strings, 'sel(os): spec' selectors
+    and a nested 'pip:' list).  Anything else is reported, not guessed at.
+    """
+    import re
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise SpecError("cannot read %r: %s" % (path, exc))
+
+    def fail(number, why):
+        raise SpecError("%s line %d: %s (wetlite reads 'name', 'channels' and 'dependencies' with a nested "
+                        "'pip' list)" % (path, number, why))
+
+    def scalar(text, number):
+        text = text.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1].replace("''", "'") if text[0] == "'" else text[1:-1]
+        if text[:1] in ("&", "*", "!", "|", ">", "{", "["):
+            fail(number, "unsupported YAML value %r" % text)
+        return text
+
+    def strip_comment(line):
+        out, quote = [], None
+        for i, ch in enumerate(line):
+            if quote:
+                if ch == quote:
+                    quote = None
+            elif ch in "'\"":
+                quote = ch
+            elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+                break
+            out.append(ch)
+        return "".join(out).rstrip()
+
+    data = {"name": None, "channels": [], "dependencies": [], "pip": []}
+    subdir = _conda_subdir(*_platform_id())
+    section = None          # top-level key whose list we are reading
+    pip_indent = None       # indentation of the "- pip:" item, while inside it
+    for number, raw in enumerate(lines, 1):
+        line = strip_comment(raw)
+        if not line.strip() or line.strip() in ("---", "..."):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if "\t" in line[:indent + 1]:
+            fail(number, "tabs are not allowed for indentation in YAML")
+        text = line.strip()
+        if indent == 0:
+            pip_indent = None
+            m = re.match(r"^([A-Za-z_][\w-]*)\s*:\s*(.*)$", text)
+            if not m:
+                fail(number, "expected 'key: value'")
+            key, value = m.group(1), m.group(2)
+            section = key
+            if key == "name":
+                data["name"] = scalar(value, number)
+            elif key in ("channels", "dependencies"):
+                if value.startswith("[") and value.endswith("]"):
+                    items = [scalar(v, number) for v in value[1:-1].split(",") if v.strip()]
+                    data[key].extend(items)
+                elif value:
+                    fail(number, "%r must be a list" % key)
+            elif key not in ("prefix", "variables"):
+                _log().warning("%s line %d: ignoring key %r", path, number, key)
+            continue
+        if section not in ("channels", "dependencies"):
+            continue        # content of an ignored key
+        if not text.startswith("- ") and text != "-":
+            fail(number, "expected a list item '- ...'")
+        item = text[1:].strip()
+        if pip_indent is not None and indent > pip_indent:
+            data["pip"].append(scalar(item, number))
+            continue
+        pip_indent = None
+        if section == "channels":
+            data["channels"].append(scalar(item, number))
+            continue
+        if re.match(r"^pip\s*:\s*$", item):
+            pip_indent = indent
+            continue
+        m = re.match(r"^sel\((\w+)\)\s*:\s*(.+)$", item)
+        if m:
+            if _platform_applies([_normalize_platform(m.group(1), m.group(2))], subdir):
+                data["dependencies"].append(scalar(m.group(2), number))
+            continue
+        if re.match(r"^[^'\"]*:\s", item + " ") and not re.match(r"^[^:]*::", item):
+            fail(number, "unsupported mapping %r in dependencies" % item)
+        data["dependencies"].append(scalar(item, number))
+    for spec in data["dependencies"]:
+        _check_conda_spec(spec)
+    return data
+
+
+# --- Is the host already enough? --------------------------------------------
+
+
+def _installed_distributions():
+    """{canonical name: (version, Distribution)} of every distribution of the host."""
+    import importlib.metadata
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found.setdefault(_canonical_name(name), (dist.version, dist))
+    return found
+
+
+def _find_distribution(name):
+    """(version, Distribution) of one host distribution, or None.
+
+    Looking one name up reads one METADATA file; listing every distribution
+    parses them all (tens of ms), which the reuse path cannot afford.
+    """
+    import importlib.metadata
+    canonical = _canonical_name(name)
+    for candidate in (name, canonical, canonical.replace("-", "_")):
+        try:
+            dist = importlib.metadata.distribution(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if dist.metadata["Name"] and _canonical_name(dist.metadata["Name"]) == canonical:
+            return dist.version, dist
+    return None
+
+
+def _requirement_satisfied(text, environment, _depth=0):
+    """Would pip consider requirement ``text`` satisfied by the host?"""
+    req = _parse_requirement(text)
+    if req["marker"] and not _evaluate_marker(req["marker"], environment):
+        return True
+    if req["url"]:
+        return False                    # a URL install cannot be checked by version
+    found = _find_distribution(req["name"])
+    if found is None:
+        return False
+    version, dist = found
+    # pip counts an installed pre-release as satisfying (as `pip check` does).
+    if not _version_matches(req["specifier"], version, prereleases=True):
+        return False
+    if req["extras"] and _depth < 3:
+        for extra in req["extras"]:
+            for dependency in dist.requires or ():
+                env = dict(environment, extra=extra)
+                parsed = _parse_requirement(dependency)
+                if parsed["marker"] and "extra" in parsed["marker"] and _evaluate_marker(parsed["marker"], env):
+                    if not _requirement_satisfied(dependency.split(";")[0], environment, _depth + 1):
+                        return False
+    return True
+
+
+def _conda_spec_satisfied(spec, records):
+    """Check a conda match spec against {name: version} of a conda prefix."""
+    import re
+    m = re.match(r"^(?:[^:]+::)?([A-Za-z0-9_][A-Za-z0-9_.+-]*)\s*(.*)$", spec.strip())
+    if not m or m.group(1).lower() not in records:
+        return False
+    constraint = m.group(2).strip()
+    if not constraint:
+        return True
+    if "[" in constraint or " " in constraint.strip():
+        return False                    # build strings: leave it to the tool
+    alternatives = []
+    for alt in constraint.split("|"):
+        if re.match(r"^=?\d[\w.]*\*?\Z", alt) and not alt.startswith("=="):
+            alt = "==" + alt.lstrip("=").rstrip("*").rstrip(".") + ".*"
+        alternatives.append(alt)
+    try:
+        return any(_version_matches(alt, records[m.group(1).lower()], prereleases=True) for alt in alternatives)
+    except ValueError:
+        return False
+
+
+def _host_conda_records():
+    """{name: version} of the conda packages of the host's prefix, if it is one."""
+    import glob
+    records = {}
+    for path in glob.glob(os.path.join(sys.prefix, "conda-meta", "*.json")):
+        data = _read_json(path) or {}
+        if data.get("name") and data.get("version"):
+            records[data["name"].lower()] = data["version"]
+    return records
+
+# ---------------------------------------------------------------------------
+# Dependency specs: PEP 503 names, PEP 440 versions and specifiers, PEP 508
+# requirements and environment markers.
+#
+# The behaviour deliberately follows the `packaging` library (26.x), which is
+# what pip uses, so that wetlite and pip agree on what a spec means -- quirks
+# included.  Regular expressions are compiled on first use, so importing this
+# code costs nothing beyond defining the functions.
+# ---------------------------------------------------------------------------
+
+
+
+_PRE_PATTERN = r"[-_.]?(?:alpha|beta|preview|pre|a|b|c|rc)[-_.]?[0-9]*"
+_POST_PATTERN = r"-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*"
+_DEV_PATTERN = r"[-_.]?dev[-_.]?[0-9]*"
+_SPEC_SUFFIX = "(?:%s)?(?:%s)?(?:%s)?" % (_PRE_PATTERN, _POST_PATTERN,
+                                         _DEV_PATTERN)
+_SPEC_FLAGS = "ia"      # inline regex flags: `re` is imported on first use
+
+# name -> (pattern, flags).  Alternatives are ordered longest first
+# ("preview" before "pre", "rev" before "r") because requirement strings are
+# tokenized by prefix matching, where the first alternative that fits wins.
+_PEP_PATTERNS = {
+    "version": (r"""
+        v?
+        (?:(?P<epoch>[0-9]+)!)?
+        (?P<release>[0-9]+(?:\.[0-9]+)*)
+        (?:[-_.]?(?P<pre>alpha|beta|preview|pre|a|b|c|rc)
+           [-_.]?(?P<pre_n>[0-9]+)?)?
+        (?:-(?P<post_n1>[0-9]+)
+           |[-_.]?(?P<post>post|rev|r)[-_.]?(?P<post_n2>[0-9]+)?)?
+        (?:[-_.]?(?P<dev>dev)[-_.]?(?P<dev_n>[0-9]+)?)?
+        (?:\+(?P<local>[a-z0-9]+(?:[-_.][a-z0-9]+)*))?
+        """, "x" + _SPEC_FLAGS),
+    # The version part of a specifier clause: == and != also allow a
+    # trailing ".*" or a local label, ~= needs two release numbers, and the
+    # ordered comparisons allow neither.
+    "clause_equal": (r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*(?:\.\*|"
+                     + _SPEC_SUFFIX + r"(?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?)?",
+                     _SPEC_FLAGS),
+    "clause_compatible": (r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)+" + _SPEC_SUFFIX,
+                          _SPEC_FLAGS),
+    "clause_ordered": (r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*" + _SPEC_SUFFIX,
+                       _SPEC_FLAGS),
+    # Case-sensitive on purpose: it mirrors how packaging splits "0rc1".
+    "pre_split": (r"([0-9]+)((?:a|b|c|rc)[0-9]+)", ""),
+    "name_separators": (r"[-_.]+", ""),
+    # PEP 508 tokens.
+    "ws": (r"[ \t]+", ""),
+    "identifier": (r"\b[a-zA-Z0-9][a-zA-Z0-9._-]*\b", "a"),
+    "url": (r"[^ \t]+", ""),
+    "marker_var": (r"""\b(?:python_version|python_full_version|os[._]name
+        |sys[._]platform|platform_(?:release|system)
+        |platform[._](?:version|machine|python_implementation)
+        |python_implementation|implementation_(?:name|version)
+        |extras?|dependency_groups)\b""", "xa"),
+    "marker_string": (r"""'[^']*'|"[^"]*\"""", ""),
+    "marker_op": (r"===|==|~=|!=|<=|>=|<|>", ""),
+    "in": (r"\bin\b", "a"),
+    "not": (r"\bnot\b", "a"),
+    "boolop": (r"\b(?:and|or)\b", "a"),
+    "python_version": (r"([0-9]+)\.([0-9]+)(?:\.([0-9]+[a-z0-9+]*))?",
+                       "a"),
+}
+_pep_compiled = {}
+
+
+def _pep_regex(name):
+    """Return the compiled pattern `name`, compiling it on first use."""
+    try:
+        return _pep_compiled[name]
+    except KeyError:
+        import re
+        pattern, flags = _PEP_PATTERNS[name]
+        compiled = _pep_compiled[name] = re.compile("(?%s)%s" % (flags, pattern) if flags else pattern)
+        return compiled
+
+
+def _canonical_name(name):
+    """PEP 503 normal form: lowercase, runs of "-", "_" and "." become "-"."""
+    return _pep_regex("name_separators").sub("-", name).lower()
+
+
+# -- PEP 440 versions --------------------------------------------------------
+
+_PRE_RANK = {"a": 0, "b": 1, "rc": 2}
+_PRE_SPELLINGS = {"alpha": "a", "beta": "b", "c": "rc", "pre": "rc",
+                  "preview": "rc"}
+
+
+class _Version(object):
+    """A parsed PEP 440 version.
+
+    Instances compare and hash by PEP 440 ordering (so 1.0 == 1.0.0) and
+    print in normalized form.  `local` is a tuple of ints and lowercase
+    strings, or None.
+    """
+
+    __slots__ = ("epoch", "release", "pre", "post", "dev", "local",
+                 "_public_key", "_key")
+
+    def __init__(self, epoch, release, pre=None, post=None, dev=None,
+                 local=None):
+        self.epoch = epoch
+        self.release = tuple(release)
+        self.pre = pre
+        self.post = post
+        self.dev = dev
+        self.local = local
+        trimmed = self.release
+        while trimmed and trimmed[-1] == 0:
+            trimmed = trimmed[:-1]
+        # Within one release: X.devN < XaN < XbN < XrcN < X < X.postN; a bare
+        # .devN sorts before every pre-release, a .devN suffix elsewhere just
+        # before the release it decorates.
+        if pre is not None:
+            pre_key = (_PRE_RANK[pre[0]], pre[1])
+        elif dev is not None and post is None:
+            pre_key = (-1, 0)
+        else:
+            pre_key = (3, 0)
+        self._public_key = (epoch, trimmed) + pre_key + (
+            -1 if post is None else post,
+            (1, 0) if dev is None else (0, dev))
+        # No local label sorts first; in labels, strings sort before numbers.
+        local_key = tuple((part, "") if isinstance(part, int) else (-1, part)
+                          for part in local or ())
+        self._key = (self._public_key, local_key)
+
+    @property
+    def is_prerelease(self):
+        return self.pre is not None or self.dev is not None
+
+    @property
+    def is_postrelease(self):
+        return self.post is not None
+
+    @property
+    def is_devrelease(self):
+        return self.dev is not None
+
+    @property
+    def base_version(self):
+        """Epoch and release only, e.g. "1!2.0" for "1!2.0rc1.post3+x"."""
+        release = ".".join(map(str, self.release))
+        return "%d!%s" % (self.epoch, release) if self.epoch else release
+
+    @property
+    def public(self):
+        """The normalized version without its local label."""
+        text = self.base_version
+        if self.pre is not None:
+            text += "%s%d" % self.pre
+        if self.post is not None:
+            text += ".post%d" % self.post
+        if self.dev is not None:
+            text += ".dev%d" % self.dev
+        return text
+
+    def __str__(self):
+        if self.local is None:
+            return self.public
+        return self.public + "+" + ".".join(map(str, self.local))
+
+    def __repr__(self):
+        return "<_Version(%r)>" % str(self)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        if not isinstance(other, _Version):
+            return NotImplemented
+        return self._key == other._key
+
+    def __ne__(self, other):
+        if not isinstance(other, _Version):
+            return NotImplemented
+        return self._key != other._key
+
+    def __lt__(self, other):
+        if not isinstance(other, _Version):
+            return NotImplemented
+        return self._key < other._key
+
+    def __le__(self, other):
+        if not isinstance(other, _Version):
+            return NotImplemented
+        return self._key <= other._key
+
+    def __gt__(self, other):
+        if not isinstance(other, _Version):
+            return NotImplemented
+        return self._key > other._key
+
+    def __ge__(self, other):
+        if not isinstance(other, _Version):
+            return NotImplemented
+        return self._key >= other._key
+
+
+def _parse_version(text):
+    """Parse a PEP 440 version, accepting every spelling PEP 440 normalizes.
+
+    Raises ValueError for anything else.  A _Version is returned as is.
+    """
+    if isinstance(text, _Version):
+        return text
+    match = _pep_regex("version").fullmatch(text.strip())
+    if match is None:
+        raise ValueError("invalid version: %r" % (text,))
+    pre = post = dev = local = None
+    if match.group("pre"):
+        letter = match.group("pre").lower()
+        pre = (_PRE_SPELLINGS.get(letter, letter),
+               int(match.group("pre_n") or 0))
+    if match.group("post_n1"):
+        post = int(match.group("post_n1"))       # the "1.0-1" spelling
+    elif match.group("post"):
+        post = int(match.group("post_n2") or 0)
+    if match.group("dev"):
+        dev = int(match.group("dev_n") or 0)
+    if match.group("local"):
+        label = match.group("local").replace("-", ".").replace("_", ".")
+        local = tuple(int(part) if part.isdigit() else part.lower()
+                      for part in label.split("."))
+    return _Version(int(match.group("epoch") or 0),
+                    map(int, match.group("release").split(".")),
+                    pre, post, dev, local)
+
+
+def _version_tokens(version):
+    """The public version as strings [epoch, *release, pre, post, dev].
+
+    packaging decides ==X.* and ~= by comparing this split of the normalized
+    text, suffixes included; using the same shape gives the same answers.
+    """
+    tokens = [str(version.epoch)]
+    tokens.extend(map(str, version.release))
+    if version.pre is not None:
+        tokens.append("%s%d" % version.pre)
+    if version.post is not None:
+        tokens.append("post%d" % version.post)
+    if version.dev is not None:
+        tokens.append("dev%d" % version.dev)
+    return tokens
+
+
+def _prefix_matches(version, prefix):
+    """True if `version` starts with the token list `prefix`.
+
+    Missing release numbers count as zeros, so 1 matches ==1.0.*.
+    """
+    tokens = _version_tokens(version)
+    have = 1 + len(version.release)
+    want = 0
+    while want < len(prefix) and prefix[want].isdigit():
+        want += 1
+    if have < want:
+        tokens[have:have] = ["0"] * (want - have)
+    return tokens[:len(prefix)] == prefix
+
+
+# -- PEP 440 specifiers ------------------------------------------------------
+
+_SPEC_OPERATORS = ("===", "~=", "==", "!=", "<=", ">=", "<", ">")
+_CLAUSE_GRAMMAR = {"==": "clause_equal", "!=": "clause_equal",
+                   "~=": "clause_compatible", "<=": "clause_ordered",
+                   ">=": "clause_ordered", "<": "clause_ordered",
+                   ">": "clause_ordered"}
+
+
+def _scan_specifier(text, pos=0, whole=False):
+    """Match one clause such as ">= 1.0" at text[pos:].
+
+    Return (operator, version_text, end), or None if there is no clause
+    there.  With `whole`, the clause must run to the end of `text`.
+    Whitespace may separate operator and version; "===" takes any run of
+    characters other than whitespace, ";" and ")".
+    """
+    for operator in _SPEC_OPERATORS:
+        if text.startswith(operator, pos):
+            break
+    else:
+        return None
+    start = pos + len(operator)
+    while start < len(text) and text[start].isspace():
+        start += 1
+    if operator == "===":
+        end = start
+        while end < len(text) and not (text[end].isspace()
+                                       or text[end] in ";)"):
+            end += 1
+        if whole and end != len(text):
+            return None
+    else:
+        pattern = _pep_regex(_CLAUSE_GRAMMAR[operator])
+        match = (pattern.fullmatch if whole else pattern.match)(text, start)
+        if match is None:
+            return None
+        end = match.end()
+    return operator, text[start:end], end
+
+
+def _compatible_prefix(text):
+    """The token prefix that "~=text" pins, e.g. ["0", "1"] for ~=1.4.
+
+    PEP 440 defines ~=X.N as >=X.N, ==X.*.  packaging finds X by splitting the
+    spec *as written* on dots and stopping at the first piece that starts
+    with dev/a/b/rc/post, so rarer spellings such as "~=1.0.c1" keep one more
+    release number than the PEP intends and "~=v1.0" matches nothing.  We do
+    the same so that pip and wetlite agree.
+    """
+    epoch, _, rest = text.rpartition("!")
+    pieces = []
+    for item in rest.split("."):
+        match = _pep_regex("pre_split").fullmatch(item)
+        pieces.extend(match.groups() if match else (item,))
+    kept = []
+    for piece in pieces:
+        if piece.startswith(("dev", "a", "b", "rc", "post")):
+            break
+        kept.append(piece)
+    del kept[-1:]
+    try:
+        prefix = _parse_version("%s!%s" % (epoch or "0", ".".join(kept)))
+    except ValueError:
+        return [epoch or "0"] + kept
+    return _version_tokens(prefix)
+
+
+class _Specifier(object):
+    """One clause of a specifier set, e.g. ">=1.0" or "==2.*"."""
+
+    __slots__ = ("operator", "text", "version", "prefix")
+
+    def __init__(self, operator, text):
+        self.operator = operator
+        self.text = text            # the version as written
+        self.version = None         # _Version; None for "==="
+        self.prefix = None          # tokens for ==X.* / !=X.* / ~=
+        if operator == "===":
+            return
+        if text.endswith(".*"):
+            self.version = _parse_version(text[:-2])
+            self.prefix = _version_tokens(self.version)
+        else:
+            self.version = _parse_version(text)
+            if operator == "~=":
+                self.prefix = _compatible_prefix(text)
+
+    def __str__(self):
+        return self.operator + self.text
+
+    def __repr__(self):
+        return "<_Specifier(%r)>" % str(self)
+
+    @property
+    def prereleases(self):
+        """Whether the clause names a pre-release (None: unknowable, ===)."""
+        if self.operator == "!=" or self.text.endswith(".*"):
+            return False
+        if self.version is None:
+            try:
+                return _parse_version(self.text).is_prerelease
+            except ValueError:
+                return None
+        return self.version.is_prerelease
+
+    def identity(self):
+        """What packaging compares to spot duplicate clauses."""
+        if self.operator == "===" or self.text.endswith(".*"):
+            return self.operator, self.text
+        version = self.version
+        if self.operator != "~=":
+            release = version.release
+            while len(release) > 1 and release[-1] == 0:
+                release = release[:-1]
+            version = _Version(version.epoch, release, version.pre,
+                               version.post, version.dev, version.local)
+        return self.operator, str(version)
+
+    def matches(self, version, text):
+        """Whether `version` (parsed from `text`) satisfies the clause."""
+        operator = self.operator
+        if operator == "===":
+            return text.lower() == self.text.lower()
+        spec = self.version
+        if operator in ("==", "!="):
+            if self.prefix is not None:
+                equal = _prefix_matches(version, self.prefix)
+            elif spec.local is None:        # ==1.0 matches 1.0+anything
+                equal = version._public_key == spec._public_key
+            else:
+                equal = version == spec
+            return equal == (operator == "==")
+        if operator == "~=":
+            return (version._public_key >= spec._public_key
+                    and _prefix_matches(version, self.prefix))
+        # Ordered comparisons ignore local labels, which specs cannot have.
+        if operator == ">=":
+            return version._public_key >= spec._public_key
+        if operator == "<=":
+            return version._public_key <= spec._public_key
+        if operator == "<":
+            # <V excludes pre-releases of V itself unless V is one.
+            if not version < spec:
+                return False
+            return not (version.is_prerelease and not spec.is_prerelease
+                        and version >= _Version(spec.epoch, spec.release,
+                                                None, spec.post, 0))
+        # ">": V.postN is not "greater than V" unless V is a post-release
+        # itself, and V+local never is.
+        if not version > spec:
+            return False
+        if (version.post is not None and spec.post is None
+                and _Version(version.epoch, version.release,
+                             version.pre) == spec):
+            return False
+        return version.local is None or version._public_key != spec._public_key
+
+
+def _parse_clause(text):
+    """Parse a single clause like ">=1.0"; None if it is not valid."""
+    text = text.strip()
+    found = _scan_specifier(text, whole=True)
+    if found is None:
+        return None
+    return _Specifier(found[0], found[1])
+
+
+_specifier_cache = {}
+
+
+def _parse_specifier_set(text):
+    """Parse a comma-separated specifier set into a tuple of _Specifier."""
+    try:
+        return _specifier_cache[text]
+    except KeyError:
+        pass
+    clauses = []
+    for item in text.split(","):
+        if item.strip():
+            clause = _parse_clause(item)
+            if clause is None:
+                raise ValueError("invalid specifier: %r" % item.strip())
+            clauses.append(clause)
+    if len(_specifier_cache) >= 1024:
+        _specifier_cache.clear()
+    _specifier_cache[text] = clauses = tuple(clauses)
+    return clauses
+
+
+def _normalize_specifier(text):
+    """The normal form packaging prints: sorted, deduplicated, no spaces."""
+    seen = set()
+    result = []
+    for clause in sorted(_parse_specifier_set(text), key=str):
+        identity = clause.identity()
+        if identity not in seen:
+            seen.add(identity)
+            result.append(str(clause))
+    return ",".join(result)
+
+
+def _specifier_mentions_prerelease(specifier):
+    """True if a clause of the set names a pre-release (as in >=2.0b1).
+
+    Such a set accepts pre-releases even where a plain one would prefer
+    final releases; "!=" and wildcard clauses never count.
+    """
+    return any(clause.prereleases
+               for clause in _parse_specifier_set(specifier))
+
+
+def _coerce_version(item):
+    """(parsed version or None, text) for a version string or _Version."""
+    if isinstance(item, _Version):
+        return item, str(item)
+    try:
+        return _parse_version(item), item
+    except ValueError:
+        return None, item
+
+
+def _filter_versions(specifier, versions, prereleases=None):
+    """The items of `versions` (strings or _Version) that `specifier` allows.
+
+    Like packaging's SpecifierSet.filter: with prereleases=None pre-releases
+    are dropped when any final release matches, unless the set itself names
+    a pre-release; True keeps them, False drops them.  Strings that are not
+    versions only match "===" clauses (or an empty set).
+    """
+    clauses = _parse_specifier_set(specifier)
+    if prereleases is None and _specifier_mentions_prerelease(specifier):
+        prereleases = True
+    matched = []
+    for item in versions:
+        version, text = _coerce_version(item)
+        if version is None:
+            ok = all(clause.operator == "===" and clause.matches(None, text)
+                     for clause in clauses)
+        elif prereleases is False and version.is_prerelease:
+            ok = False
+        else:
+            ok = all(clause.matches(version, text) for clause in clauses)
+        if ok:
+            matched.append((item, version))
+    if prereleases is None and any(version is not None
+                                   and not version.is_prerelease
+                                   for _, version in matched):
+        return [item for item, version in matched
+                if version is None or not version.is_prerelease]
+    return [item for item, _ in matched]
+
+
+def _version_matches(specifier, version, prereleases=None):
+    """Whether `version` (str or _Version) satisfies `specifier`.
+
+    Same answer as packaging's SpecifierSet(specifier).contains(version,
+    prereleases=prereleases).  For a single version that means pre-releases
+    are accepted unless prereleases is False: "prefer final releases" only
+    makes sense across candidates, see _filter_versions.
+    """
+    return bool(_filter_versions(specifier, [version], prereleases))
+
+
+# -- PEP 508 requirements and markers ---------------------------------------
+
+class _Scanner(object):
+    """A cursor over a requirement or marker string."""
+
+    def __init__(self, text, kind):
+        self.text = text
+        self.kind = kind
+        self.pos = 0
+
+    def fail(self, why):
+        raise ValueError("invalid %s %r: %s at position %d"
+                         % (self.kind, self.text, why, self.pos))
+
+    def take(self, name):
+        """Consume and return the token `name` at the cursor, or None."""
+        match = _pep_regex(name).match(self.text, self.pos)
+        if match is None:
+            return None
+        self.pos = match.end()
+        return match.group()
+
+    def peek(self, name):
+        return _pep_regex(name).match(self.text, self.pos) is not None
+
+    def take_literal(self, literal):
+        if self.text.startswith(literal, self.pos):
+            self.pos += len(literal)
+            return True
+        return False
+
+    def skip_ws(self):
+        self.take("ws")
+
+    def at_end(self):
+        # Like regex "$": a single trailing newline counts as the end.
+        rest = len(self.text) - self.pos
+        return rest == 0 or (rest == 1 and self.text[-1] == "\n")
+
+
+def _parse_requirement(text):
+    """Parse a PEP 508 requirement into a dict.
+
+    Keys: "name" (as written), "extras" (sorted tuple of distinct names as
+    written), "specifier" (normalized string, "" for none), "url" (or None)
+    and "marker" (normalized string or None).  Raises ValueError.
+    """
+    scanner = _Scanner(text, "requirement")
+    scanner.skip_ws()
+    name = scanner.take("identifier")
+    if name is None:
+        scanner.fail("expected a package name")
+    scanner.skip_ws()
+    extras = []
+    if scanner.take_literal("["):
+        scanner.skip_ws()
+        extra = scanner.take("identifier")
+        while extra is not None:
+            extras.append(extra)
+            scanner.skip_ws()
+            if scanner.peek("identifier"):
+                scanner.fail("expected a comma between extras")
+            if not scanner.take_literal(","):
+                break
+            scanner.skip_ws()
+            extra = scanner.take("identifier")
+            if extra is None:
+                scanner.fail("expected an extra name after the comma")
+        scanner.skip_ws()
+        if not scanner.take_literal("]"):
+            scanner.fail("expected ']' to close the extras")
+        scanner.skip_ws()
+
+    url = None
+    specifier = ""
+    marker = None
+    if scanner.take_literal("@"):
+        scanner.skip_ws()
+        url = scanner.take("url")
+        if url is None:
+            scanner.fail("expected a URL after '@'")
+        # The URL runs to the next space or tab, so a marker needs one.
+        scanner.skip_ws()
+        if not scanner.at_end():
+            marker = _parse_requirement_marker(scanner)
+    else:
+        specifier = _parse_requirement_specifier(scanner)
+        scanner.skip_ws()
+        if not scanner.at_end():
+            marker = _parse_requirement_marker(scanner)
+    if not scanner.at_end():
+        scanner.fail("unexpected text")
+    try:
+        specifier = _normalize_specifier(specifier)
+    except ValueError as error:
+        scanner.fail(str(error))
+    return {
+        "name": name,
+        "extras": tuple(sorted(set(extras))),
+        "specifier": specifier,
+        "url": url,
+        "marker": None if marker is None else _format_marker(marker),
+    }
+
+
+def _parse_requirement_specifier(scanner):
+    """Read "clause, clause, ..." (optionally in parentheses) as a string."""
+    in_parens = scanner.take_literal("(")
+    scanner.skip_ws()
+    clauses = []
+    while True:
+        found = _scan_specifier(scanner.text, scanner.pos)
+        if found is None:
+            break               # also allows a trailing comma, as pip does
+        operator, version, scanner.pos = found
+        clauses.append(operator + version)
+        if scanner.text.startswith(".*", scanner.pos):
+            scanner.fail("'.*' is only allowed with == and !=")
+        if scanner.text.startswith("+", scanner.pos):
+            scanner.fail("local versions are only allowed with == and !=")
+        scanner.skip_ws()
+        if not scanner.take_literal(","):
+            break
+        scanner.skip_ws()
+    scanner.skip_ws()
+    if in_parens and not scanner.take_literal(")"):
+        scanner.fail("expected ')' to close the version specifier")
+    return ",".join(clauses)
+
+
+def _parse_requirement_marker(scanner):
+    if not scanner.take_literal(";"):
+        scanner.fail("expected ';' before the marker, or the end")
+    marker = _parse_marker_expression(scanner)
+    scanner.skip_ws()
+    return marker
+
+
+# A parsed marker is a list [atom, "and"|"or", atom, ...]; an atom is a
+# nested list (parentheses) or a comparison (left, op, right), whose sides
+# are ("var", name) or ("str", value).
+
+def _parse_marker_expression(scanner):
+    expression = [_parse_marker_atom(scanner)]
+    while True:
+        boolean = scanner.take("boolop")
+        if boolean is None:
+            return expression
+        expression.extend((boolean, _parse_marker_atom(scanner)))
+
+
+def _parse_marker_atom(scanner):
+    scanner.skip_ws()
+    if scanner.take_literal("("):
+        scanner.skip_ws()
+        atom = _parse_marker_expression(scanner)
+        scanner.skip_ws()
+        if not scanner.take_literal(")"):
+            scanner.fail("expected ')'")
+    else:
+        left = _parse_marker_operand(scanner)
+        scanner.skip_ws()
+        if scanner.take("in"):
+            operator = "in"
+        elif scanner.take("not"):
+            if not scanner.take("ws") or not scanner.take("in"):
+                scanner.fail("expected 'in' after 'not'")
+            operator = "not in"
+        else:
+            operator = scanner.take("marker_op")
+            if operator is None:
+                scanner.fail("expected a marker operator")
+        scanner.skip_ws()
+        right = _parse_marker_operand(scanner)
+        # PEP 685: extra names compare normalized, so normalize the literal
+        # (packaging does this for whatever sits opposite `extra`).
+        if left == ("var", "extra"):
+            right = ("str", _canonical_name(right[1]))
+        elif right == ("var", "extra"):
+            left = ("str", _canonical_name(left[1]))
+        atom = (left, operator, right)
+    scanner.skip_ws()
+    return atom
+
+
+def _parse_marker_operand(scanner):
+    scanner.skip_ws()
+    name = scanner.take("marker_var")
+    if name is not None:
+        name = name.replace(".", "_")
+        if name == "python_implementation":
+            name = "platform_python_implementation"
+        return ("var", name)
+    quoted = scanner.take("marker_string")
+    if quoted is None:
+        scanner.fail("expected a marker variable or a quoted string")
+    value = quoted[1:-1]
+    if any(char in value for char in "\\\r\n\0"):
+        # packaging reads the string as a Python literal, escapes and all.
+        import ast
+        try:
+            value = str(ast.literal_eval(quoted))
+        except (SyntaxError, ValueError):
+            scanner.fail("bad string literal %s" % quoted)
+    return ("str", value)
+
+
+_marker_cache = {}
+
+
+def _parse_marker(text):
+    """Parse a marker string (cached); raises ValueError."""
+    try:
+        return _marker_cache[text]
+    except KeyError:
+        pass
+    scanner = _Scanner(text, "marker")
+    expression = _parse_marker_expression(scanner)
+    if not scanner.at_end():
+        scanner.fail("expected 'and', 'or' or the end")
+    if len(_marker_cache) >= 1024:
+        _marker_cache.clear()
+    _marker_cache[text] = expression
+    return expression
+
+
+def _format_marker(expression, outermost=True):
+    """Normalized marker text: single spaces, double quotes, canonical names.
+
+    Unlike packaging, doubly parenthesized groups keep one pair of
+    parentheses (packaging drops both, which changes the meaning).
+    """
+    if isinstance(expression, tuple):
+        left, operator, right = expression
+        return "%s %s %s" % (_format_operand(left), operator,
+                             _format_operand(right))
+    if len(expression) == 1:
+        return _format_marker(expression[0], outermost)
+    text = " ".join(part if isinstance(part, str) else
+                    _format_marker(part, False) for part in expression)
+    return text if outermost else "(" + text + ")"
+
+
+def _format_operand(operand):
+    kind, text = operand
+    return text if kind == "var" else '"%s"' % text
+
+
+def _normalize_marker(text):
+    """The normalized form of a marker string; raises ValueError."""
+    return _format_marker(_parse_marker(text))
+
+
+# Marker variables compared as PEP 440 versions when the right side parses.
+_VERSION_MARKERS = ("python_version", "python_full_version",
+                    "implementation_version", "platform_release")
+
+
+def _evaluate_marker(marker, environment=None):
+    """Evaluate a PEP 508 marker string.
+
+    `environment` overrides entries of _marker_environment() (plus
+    extra=""), and may give "extras"/"dependency_groups" as sets.  Raises
+    ValueError for an invalid marker, an unknown variable or an undefined
+    comparison such as os_name ~= "x".
+    """
+    expression = _parse_marker(marker)
+    env = _marker_environment()
+    env["extra"] = ""
+    if environment is not None:
+        env.update(environment)
+        env["extra"] = _canonical_name(env["extra"]) if env["extra"] else ""
+    full_version = env.get("python_full_version")
+    if isinstance(full_version, str) and full_version.endswith("+"):
+        # Untagged CPython builds report "3.x.y+", which is not PEP 440.
+        env["python_full_version"] = full_version + "local"
+    return _evaluate_expression(expression, env)
+
+
+def _evaluate_expression(expression, env):
+    # "and" binds tighter than "or".  Every comparison is evaluated, so an
+    # error anywhere is reported, as packaging does.
+    groups = [[]]
+    for part in expression:
+        if part == "or":
+            groups.append([])
+        elif part == "and":
+            continue
+        elif isinstance(part, list):
+            groups[-1].append(_evaluate_expression(part, env))
+        else:
+            groups[-1].append(_evaluate_comparison(part, env))
+    return any(all(group) for group in groups)
+
+
+def _evaluate_comparison(comparison, env):
+    left, operator, right = comparison
+    # The variable names the environment entry; packaging looks up the right
+    # side's text when the left side is not a variable.
+    key = left[1] if left[0] == "var" else right[1]
+    if key not in env:
+        raise ValueError("undefined marker variable %r" % key)
+    if left[0] == "var":
+        lhs, rhs = env[key], right[1]
+    else:
+        lhs, rhs = left[1], env[key]
+    if not isinstance(lhs, str):
+        raise ValueError("marker variable %r only works on the right of 'in'"
+                         % key)
+    if key in ("extras", "dependency_groups"):
+        lhs = _canonical_name(lhs)
+        if isinstance(rhs, str):
+            rhs = _canonical_name(rhs)
+        else:
+            rhs = set(_canonical_name(item) for item in rhs)
+    if key in _VERSION_MARKERS and isinstance(rhs, str):
+        clause = _parse_clause(operator + rhs)
+        if clause is not None:
+            version, text = _coerce_version(lhs)
+            if version is None:
+                return clause.operator == "===" and clause.matches(None, text)
+            return clause.matches(version, text)
+    if operator == "in":
+        return lhs in rhs
+    if operator == "not in":
+        return lhs not in rhs
+    if operator in ("==", "<=", ">="):
+        return lhs == rhs
+    if operator == "!=":
+        return lhs != rhs
+    if operator in ("<", ">"):
+        return False            # strings have no order in PEP 508 markers
+    raise ValueError("undefined comparison %r %s %r" % (lhs, operator, rhs))
+
+
+_running_marker_environment = None
+
+
+def _marker_environment(python_version=None):
+    """The marker environment of this interpreter, as a new dict.
+
+    With `python_version` ("3.9" or "3.9.18"), python_version,
+    python_full_version and implementation_version describe that target
+    interpreter instead ("3.9" means "3.9.0").
+    """
+    global _running_marker_environment
+    if _running_marker_environment is None:
+        import platform
+        info = sys.implementation.version
+        implementation_version = "%d.%d.%d" % info[:3]
+        if info.releaselevel != "final":
+            implementation_version += info.releaselevel[0] + str(info.serial)
+        _running_marker_environment = {
+            "implementation_name": sys.implementation.name,
+            "implementation_version": implementation_version,
+            "os_name": os.name,
+            "platform_machine": platform.machine(),
+            "platform_release": platform.release(),
+            "platform_system": platform.system(),
+            "platform_version": platform.version(),
+            "python_full_version": platform.python_version(),
+            "platform_python_implementation":
+                platform.python_implementation(),
+            "python_version": ".".join(platform.python_version_tuple()[:2]),
+            "sys_platform": sys.platform,
+        }
+    env = dict(_running_marker_environment)
+    if python_version is not None:
+        match = _pep_regex("python_version").fullmatch(python_version)
+        if match is None:
+            raise ValueError("invalid Python version: %r" % (python_version,))
+        major, minor, micro = match.groups()
+        env["python_version"] = "%s.%s" % (major, minor)
+        env["python_full_version"] = "%s.%s.%s" % (major, minor, micro or "0")
+        env["implementation_version"] = env["python_full_version"]
+    return env
+
+# =============================================================================
+# 10. Scripts: bash and PowerShell
+#    Every value wetlite inserts is quoted for the target shell by
+#    _quote_bash / _quote_powershell; a command given as a list of arguments
+#    is quoted word by word, a command given as a string is shell code.
+#    Renderers take the shell as a parameter, so Linux tests check Windows.
+# =============================================================================
+
+_SHELLS = ("bash", "powershell")
+_COMMAND_PLATFORMS = ("all", "linux", "mac", "windows")
+
+
+def _default_shell():
+    return "powershell" if _WINDOWS else "bash"
+
+
+def _check_value(value):
+    if not isinstance(value, str):
+        raise SpecError("script values must be strings, not %s %r" % (type(value).__name__, value))
+    if "\x00" in value:
+        raise SpecError("value %r contains a NUL character, which no shell can pass on" % (value,))
+    return value
+
+
+def _quote_bash(value, always=False):
+    """Quote one word for bash (POSIX single quotes; only "'" needs care).
+
+    ``always`` quotes even a plain word: a command's first word must never
+    read as an assignment (x=1) or a reserved word (if, time).
+    """
+    import re
+    _check_value(value)
+    if value and not always and re.match(r"^[A-Za-z0-9_@%+=:,./-]+\Z", value):
+        return value
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def _quote_powershell(value):
+    """Quote one word for PowerShell: a single-quoted string with quotes doubled.
+
+    PowerShell also treats U+2018-U+201B as single quotes, so those are
+    doubled too.
+    """
+    import re
+    _check_value(value)
+    if re.search("[\ud800-\udfff]", value):
+        raise SpecError("value %r is not valid Unicode (it comes from undecodable bytes); PowerShell cannot "
+                        "pass it on" % (value,))
+    return "'" + re.sub("(['\u2018\u2019\u201a\u201b])", r"\1\1", value) + "'"
+
+
+def _command_list(commands, target):
+    """Normalize commands (str, list, or {"all","linux","mac","windows"} dict).
+
+    Each command is a string of shell code or a list of arguments.
+    ``target`` is "linux", "mac" or "windows".
+    """
+    if isinstance(commands, dict):
+        unknown = sorted(str(k) for k in commands if k not in _COMMAND_PLATFORMS)
+        if unknown:
+            raise SpecError("unknown key %s in commands; the keys are: %s"
+                            % (", ".join(repr(k) for k in unknown), ", ".join(_COMMAND_PLATFORMS)))
+        items = []
+        for key in ("all", target):
+            value = commands.get(key)
+            items.extend([value] if isinstance(value, str) else _as_list(value, "commands[%r]" % key))
+    elif isinstance(commands, str):
+        items = [commands]
+    elif isinstance(commands, (list, tuple)):
+        items = list(commands)
+    else:
+        raise SpecError("commands must be a string, a list, or a dict with keys %s, not %s %r"
+                        % ("/".join(_COMMAND_PLATFORMS), type(commands).__name__, commands))
+    normalized = []
+    for item in items:
+        if isinstance(item, str):
+            normalized.append(_check_value(item))
+        elif isinstance(item, (list, tuple)) and item:
+            normalized.append([_check_value(os.fspath(a) if isinstance(a, os.PathLike) else a) for a in item])
+        else:
+            raise SpecError("each command must be a string of shell code or a non-empty list of arguments, "
+                            "not %r" % (item,))
+    return normalized
+
+
+def _target_platform(shell):
+    return "windows" if shell == "powershell" else ("mac" if _MACOS else "linux")
+
+
+def _join_path(windows, *parts):
+    import ntpath
+    import posixpath
+    return (ntpath if windows else posixpath).join(*parts)
+
+
+def _activation_lines(kind, shell, prefix, root=None, tool_exe=None, manifest=None):
+    """The shell lines that make an environment of ``kind`` current."""
+    q = _quote_bash if shell == "bash" else _quote_powershell
+    win = shell == "powershell"
+    if kind == "main":
+        return []
+    if shell == "bash":
+        if kind == "venv":
+            return ["export VIRTUAL_ENV=%s" % q(prefix),
+                    'export PATH=%s:"$PATH"' % q(_join_path(False, prefix, "bin")),
+                    "hash -r"]
+        if kind == "micromamba":
+            return ["set +u  # activation scripts may read unset variables",
+                    "export MAMBA_ROOT_PREFIX=%s" % q(root),
+                    '__wetlite_hook="$(%s)"' % _bash_words([tool_exe, "shell", "hook", "-s", "bash"]),
+                    'eval "$__wetlite_hook"',
+                    "micromamba activate %s" % q(prefix)]
+        if kind == "pixi":
+            return ["set +u  # activation scripts may read unset variables",
+                    'export PATH=%s:"$PATH"' % q(os.path.dirname(tool_exe)),
+                    '__wetlite_hook="$(%s)"' % _bash_words([tool_exe, "shell-hook", "--manifest-path", manifest,
+                                                            "-e", "default", "-s", "bash", "--change-ps1", "false",
+                                                            "--frozen"]),
+                    'eval "$__wetlite_hook"']
+        if kind == "prefix":
+            return ["set +u  # activation scripts may read unset variables",
+                    "export CONDA_PREFIX=%s" % q(prefix),
+                    'export PATH=%s:"$PATH"' % q(_join_path(False, prefix, "bin")),
+                    "for __wetlite_script in %s/*.sh; do" % q(_join_path(False, prefix, "etc", "conda", "activate.d")),
+                    '  if [ -f "$__wetlite_script" ]; then . "$__wetlite_script"; fi',
+                    "done"]
+    else:
+        sep = "[IO.Path]::PathSeparator"
+        check = "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }"
+        if kind == "venv":
+            return ["$env:VIRTUAL_ENV = %s" % q(prefix),
+                    "$env:PATH = %s + %s + $env:PATH" % (q(_join_path(win, prefix, "Scripts")), sep)]
+        if kind == "micromamba":
+            return ["$env:MAMBA_ROOT_PREFIX = %s" % q(root),
+                    "$wetliteHook = (%s) | Out-String"
+                    % _powershell_call([tool_exe, "shell", "hook", "-s", "powershell"]),
+                    check,
+                    "Invoke-Expression $wetliteHook",
+                    "$global:LASTEXITCODE = 0",
+                    "micromamba activate %s" % q(prefix),
+                    check]
+        if kind == "pixi":
+            hook = [tool_exe, "shell-hook", "--manifest-path", manifest, "-e", "default", "-s", "powershell",
+                    "--change-ps1", "false", "--frozen"]
+            return ["$env:PATH = %s + %s + $env:PATH" % (q(os.path.dirname(tool_exe)), sep),
+                    "$wetliteHook = (%s) | Out-String" % _powershell_call(hook),
+                    check,
+                    "Invoke-Expression $wetliteHook"]
+        if kind == "prefix":
+            # The directories conda's own activation puts first on Windows, in its order.
+            paths = [prefix] + [_join_path(win, prefix, *p.split("/")) for p in
+                                ("Library/mingw-w64/bin", "Library/usr/bin", "Library/bin", "Scripts", "bin")]
+            return ["$env:CONDA_PREFIX = %s" % q(prefix),
+                    "$env:PATH = %s + %s + $env:PATH" % ((" + %s + " % sep).join(q(p) for p in paths), sep),
+                    "Get-ChildItem -LiteralPath %s -Filter *.ps1 -ErrorAction SilentlyContinue | "
+                    "ForEach-Object { . $_.FullName }" % q(_join_path(win, prefix, "etc", "conda", "activate.d"))]
+    raise SpecError("unknown environment kind %r" % (kind,))
+
+
+def _bash_words(argv):
+    return " ".join(_quote_bash(a, always=(i == 0)) for i, a in enumerate(argv))
+
+
+def _powershell_call(argv):
+    return "& " + " ".join(_quote_powershell(a) for a in argv)
+
+
+def _render_script(shell, activation, commands):
+    """The whole script: header, scrubbed variables, activation, commands."""
+    if shell not in _SHELLS:
+        raise SpecError("unknown shell %r: choose %s" % (shell, " or ".join(_SHELLS)))
+    if shell == "bash":
+        lines = ["#!/usr/bin/env bash",
+                 "# Generated by wetlite %s; do not edit." % __version__,
+                 "set -eo pipefail",
+                 "unset %s" % " ".join(_SCRUBBED_VARS)]
+        lines.extend(activation)
+        for command in commands:
+            lines.append(command if isinstance(command, str) else _bash_words(command))
+        return "\n".join(lines) + "\n"
+    lines = ["# Generated by wetlite %s; do not edit." % __version__,
+             "$ErrorActionPreference = 'Stop'",
+             "$PSNativeCommandUseErrorActionPreference = $false  # exit codes are checked below",
+             "foreach ($wetliteName in %s) {" % ", ".join(_quote_powershell(v) for v in _SCRUBBED_VARS),
+             '    Remove-Item -LiteralPath "Env:$wetliteName" -ErrorAction SilentlyContinue',
+             "}"]
+    lines.extend(activation)
+    for command in commands:
+        # $LASTEXITCODE keeps its old value across cmdlets, so reset it first.
+        lines.append("$global:LASTEXITCODE = 0")
+        lines.append(command if isinstance(command, str) else _powershell_call(command))
+        lines.append("if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }")
+    lines.append("exit 0")
+    return "\r\n".join(lines) + "\r\n"
+
+
+_scripts_dir_path = None
+
+
+def _scripts_dir():
+    """A private (0700) temp dir for generated scripts, removed at exit."""
+    global _scripts_dir_path
+    if _scripts_dir_path is None or not os.path.isdir(_scripts_dir_path):
+        import atexit
+        import tempfile
+        _scripts_dir_path = tempfile.mkdtemp(prefix="wetlite-scripts-")
+        atexit.register(_remove_scripts_dir, _scripts_dir_path)
+    return _scripts_dir_path
+
+
+def _remove_scripts_dir(path):
+    if _debug_enabled():
+        _eprint("wetlite: keeping generated scripts in %s (WETLITE_DEBUG is set)" % path)
+    else:
+        _rmtree(path)
+
+
+def _write_script(text, shell):
+    import tempfile
+    fd, path = tempfile.mkstemp(suffix=".sh" if shell == "bash" else ".ps1", prefix="run-", dir=_scripts_dir())
+    # Windows PowerShell 5.1 reads a BOM-less script in the ANSI code page.
+    # bash takes bytes: arguments decoded from undecodable file names
+    # (surrogate escapes) go back out as the original bytes.
+    data = text.encode("utf-8-sig") if shell == "powershell" else text.encode("utf-8", "surrogateescape")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _shell_argv(shell, script_path):
+    import shutil
+    if shell == "bash":
+        return [shutil.which("bash") or "/bin/bash", script_path]
+    exe = shutil.which("pwsh") or shutil.which("powershell") or "powershell"
+    return [exe, "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-File", script_path]
+
+
+# =============================================================================
+# 11. Subprocesses
+#    Children run in their own process group (session) so a timeout or an
+#    interrupt can stop the whole tree, and their output is streamed line by
+#    line to the logger and to an optional callback.
+# =============================================================================
+
+
+def _child_environ(extra=None, scrub_tools=False):
+    env = dict(os.environ)
+    for name in _SCRUBBED_VARS + (_TOOL_SCRUBBED_VARS if scrub_tools else ()):
+        env.pop(name, None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _session_kwargs():
+    import subprocess
+    if _WINDOWS:
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _kill_tree(proc):
+    """Kill a child started with _session_kwargs() and everything it started."""
+    import subprocess
+    if proc.poll() is None:
+        if _WINDOWS:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        else:
+            import signal
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _pump_lines(proc, on_line):
+    """Feed each line the child prints to ``on_line``; a \\r-redrawn line counts once."""
+    for raw in iter(proc.stdout.readline, ""):
+        line = raw.rstrip("\r\n")
+        if "\r" in line:
+            line = line.rsplit("\r", 1)[-1]
+        on_line(line)
+
+
+def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None, what=None, timeout=None,
+                   log_level=20):
+    """Run ``argv`` to completion, streaming its output; return (returncode, output lines).
+
+    Each line goes to the logger at ``log_level`` (INFO) and to ``on_line``.
+    The child is killed, with its tree, if the caller is interrupted or the
+    timeout passes.  ``what`` names the operation in the CommandError raised
+    on a non-zero exit; with ``what=None`` the caller checks the code.
+    """
+    import collections
+    import subprocess
+    import threading
+    tail = collections.deque(maxlen=_OUTPUT_TAIL_LINES)
+    lines = []
+    log_file = None
+    if log_path:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        log_file = open(log_path, "a", encoding="utf-8")
+        log_file.write("$ %s\n" % " ".join(argv))
+    logger = _log()
+
+    def handle(line):
+        tail.append(line)
+        lines.append(line)
+        logger.log(log_level, "%s: %s", label, line)
+        if log_file is not None:
+            log_file.write(line + "\n")
+        if on_line is not None:
+            on_line(line)
+
+    try:
+        kwargs = _text_kwargs()
+        kwargs.update(_session_kwargs())
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=env, cwd=cwd, **kwargs)
+        except OSError as exc:
+            raise ToolError("cannot run %s: %s" % (argv[0], exc))
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, _kill_tree, (proc,))
+            timer.daemon = True
+            timer.start()
+        try:
+            _pump_lines(proc, handle)
+            returncode = proc.wait()
+        except BaseException:
+            _kill_tree(proc)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            proc.stdout.close()
+    finally:
+        if log_file is not None:
+            log_file.close()
+    if returncode != 0 and what is not None:
+        raise CommandError(
+            "%s failed with exit code %s%s:\n%s" % (
+                what, returncode, " (see %s)" % log_path if log_path else "", "\n".join("  " + l for l in tail)),
+            returncode=returncode, output_tail="\n".join(tail))
+    return returncode, lines
+
+
+def _run_capture(argv, env=None, cwd=None, timeout=600, what=None):
+    """Run ``argv`` and return its stdout (stderr is kept for the error message)."""
+    import subprocess
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CommandError("%s did not finish within %d s" % (what or argv[0], timeout))
+    except OSError as exc:
+        raise ToolError("cannot run %s: %s" % (argv[0], exc))
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-_OUTPUT_TAIL_LINES:]
+        raise CommandError("%s failed with exit code %d:\n%s" % (what or argv[0], proc.returncode,
+                                                                 "\n".join("  " + l for l in tail)),
+                           returncode=proc.returncode, output_tail="\n".join(tail))
+    return proc.stdout.decode("utf-8", "replace")
+
+# =============================================================================
+# 12. Environments and the manager
+#    Layout under root: bin/ (tools), .mambarc, envs/NAME (micromamba, venv),
+#    workspaces/NAME (pixi; the prefix is .pixi/envs/default), and state/
+#    (envs/NAME.json records, locks/, logs/).  A record is written with
+#    state "creating" before the tool runs and "ready" after; anything else
+#    is a half-built environment and is rebuilt, never reused.
+# =============================================================================
+
+_PHASES = ("download", "solve", "install", "pip")
+
+
+class Environment(object):
+    """An environment: a prefix with its own interpreter.
+
+    ``name``, ``path`` (the prefix), ``python`` (its interpreter) and
+    ``tool`` ("pixi", "micromamba", "venv", "prefix" for a bare conda prefix,
+    or "main" for the host) describe it.  Get one from
+    :meth:`EnvironmentManager.create`, ``load`` or ``get``.
+    """
+
+    def __init__(self, manager, name, path, tool, python=None, manifest=None, managed=False):
+        self.manager = manager
+        self.name = name
+        self.path = path
+        self.tool = tool
+        self.manifest = manifest
+        self.managed = managed
+        self.python = python or _env_python(path, "venv" if tool == "venv" else "conda")
+
+    def __repr__(self):
+        return "<%s %r (%s) at %r>" % (type(self).__name__, self.name, self.tool, self.path)
+
+    # -- dependencies -------------------------------------------------------
+
+    def install(self, dependencies=None, config=None, progress=None):
+        """Install more dependencies (same spec format as ``create``)."""
+        self.manager._install(self, dependencies, config, progress)
+
+    def packages(self):
+        """Installed packages: a list of {"name", "version", "kind": "conda" or "pypi"}."""
+        import json
+        if self.tool == "micromamba":
+            out = _run_capture([self.manager.install_tool(), "list", "-p", self.path, "--json"],
+                               env=self.manager._tool_environ(), what="micromamba list")
+            data = json.loads(out)
+            rows = data["packages"] if isinstance(data, dict) else data     # an object after 2.8.1
+            return [{"name": r["name"], "version": r["version"],
+                     "kind": "pypi" if r.get("channel") == "pypi" else "conda"} for r in rows]
+        if self.tool == "pixi":
+            out = _run_capture([self.manager.install_tool(), "list", "--manifest-path", self.manifest, "--json"],
+                               env=self.manager._tool_environ(), what="pixi list")
+            return [{"name": r["name"], "version": r.get("version"), "kind": r.get("kind", "conda")}
+                    for r in json.loads(out)]
+        if self.tool == "main":
+            return sorted(({"name": dist.metadata["Name"], "version": version, "kind": "pypi"}
+                           for version, dist in _installed_distributions().values()), key=lambda r: r["name"].lower())
+        rows = []
+        if self.tool == "prefix":
+            import glob
+            for path in sorted(glob.glob(os.path.join(self.path, "conda-meta", "*.json"))):
+                data = _read_json(path) or {}
+                if data.get("name"):
+                    rows.append({"name": data["name"], "version": data.get("version"), "kind": "conda"})
+        out = _run_capture([self.python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
+                           env=_child_environ(scrub_tools=True), what="pip list")
+        conda_names = set(_canonical_name(r["name"]) for r in rows)
+        rows.extend({"name": r["name"], "version": r["version"], "kind": "pypi"} for r in json.loads(out)
+                    if _canonical_name(r["name"]) not in conda_names)
+        return rows
+
+    # -- commands -----------------------------------------------------------
+
+    def script(self, commands, shell=None):
+        """Return the exact script that would run ``commands`` in this environment.
+
+        :param commands: a string, a list of commands, or a dict with keys
+            "all", "linux", "mac", "windows".  A command is shell code (str)
+            or a list of arguments, which wetlite quotes.
+        :param shell: "bash" or "powershell" (default: this platform's).
+        """
+        shell = shell or _default_shell()
+        if shell not in _SHELLS:
+            raise SpecError("unknown shell %r: choose %s" % (shell, " or ".join(_SHELLS)))
+        items = _command_list(commands, _target_platform(shell))
+        return _render_script(shell, self._activation(shell), items)
+
+    def _activation(self, shell):
+        tool_exe = self.manager._tool_exe_path() if self.tool in ("pixi", "micromamba") else None
+        return _activation_lines(self.tool, shell, self.path, self.manager.root, tool_exe, self.manifest)
+
+    def _prepare_script(self, commands, shell):
+        if self.tool in ("pixi", "micromamba"):
+            self.manager.install_tool()
+        shell = shell or _default_shell()
+        return shell, _shell_argv(shell, _write_script(self.script(commands, shell), shell))
+
+    def execute_commands(self, commands, wait=False, popen_kwargs=None, shell=None):
+        """Start ``commands`` in this environment and return the subprocess.Popen.
+
+        Output is piped (stdout and stderr together, as text) unless
+        ``popen_kwargs`` says otherwise.  With ``wait=True`` the output is
+        streamed to the logger and the finished Popen is returned.
+        """
+        import subprocess
+        shell, argv = self._prepare_script(commands, shell)
+        kwargs = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT,
+                  "env": _child_environ(scrub_tools=True)}
+        kwargs.update(_text_kwargs())
+        kwargs.update(_session_kwargs())
+        kwargs.update(popen_kwargs or {})
+        proc = subprocess.Popen(argv, **kwargs)
+        if wait:
+            try:
+                if proc.stdout is not None:
+                    _pump_lines(proc, lambda line: _log().info("%s: %s", self.name, line))
+                proc.wait()
+            except BaseException:
+                _kill_tree(proc)
+                raise
+        return proc
+
+    def run(self, commands, output=None, cwd=None, env=None, timeout=None, check=True, shell=None):
+        """Run ``commands`` in this environment and wait for them.
+
+        Output (stdout and stderr together) streams live, line by line, to
+        the ``wetlite`` logger at DEBUG level and to ``output(line)`` if
+        given.  Returns a CompletedProcess whose ``stdout`` is the whole
+        output; raises CommandError (with ``returncode`` and
+        ``output_tail``) if a command fails and ``check`` is true.
+        """
+        import subprocess
+        shell, argv = self._prepare_script(commands, shell)
+        returncode, lines = _run_streaming(argv, self.name, env=_child_environ(env, scrub_tools=True), cwd=cwd,
+                                           on_line=output, timeout=timeout, log_level=10)
+        if timeout is not None and returncode < 0 and not _WINDOWS:
+            raise CommandError("commands in environment %r did not finish within %s s and were stopped"
+                               % (self.name, timeout), returncode=returncode,
+                               output_tail="\n".join(lines[-_OUTPUT_TAIL_LINES:]))
+        if check and returncode != 0:
+            tail = "\n".join(lines[-_OUTPUT_TAIL_LINES:])
+            raise CommandError("command failed with exit code %s in environment %r:\n%s"
+                               % (returncode, self.name, "\n".join("  " + l for l in lines[-_OUTPUT_TAIL_LINES:])),
+                               returncode=returncode, output_tail=tail)
+        return subprocess.CompletedProcess(argv, returncode, "\n".join(lines) + ("\n" if lines else ""), None)
+
+    # -- executor (see sections 13-15) --------------------------------------
+
+    def exit(self):
+        """Stop this environment's worker, if one runs.  Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.exit()
+
+    # The seed API's camelCase names.
+    executeCommands = execute_commands
+
+
+class _MainEnvironment(Environment):
+    """The host interpreter itself: commands run without activation."""
+
+    def __init__(self, manager):
+        Environment.__init__(self, manager, "main", sys.prefix, "main", python=sys.executable)
+
+
+class EnvironmentManager(object):
+    """Create, find and remove environments under one root.
+
+    :param root: where tools and environments live (default ``$WETLITE_ROOT``
+        or the user data dir).
+    :param tool: "pixi", "micromamba" or "venv" (default ``$WETLITE_TOOL``,
+        else "pixi").
+    :param tool_path: an existing pixi/micromamba binary to use; wetlite then
+        never downloads one (default ``$WETLITE_PIXI``/``$WETLITE_MICROMAMBA``).
+    :param tool_version: release to download (default: the pinned one,
+        verified against the embedded SHA-256).
+    :param download_url: mirror base URL; assets come from
+        ``{download_url}/{version}/{asset}`` (default ``$WETLITE_DOWNLOAD_URL``
+        or the tool's GitHub releases).
+    :param proxies: ``{"http": url, "https": url}``; default: the usual
+        ``*_proxy`` environment variables.
+    :param channels: default conda channels of every environment; a spec's
+        own channels come first.
+    :param verify_downloads: refuse a tool binary with no known checksum
+        (default).  False installs it anyway, with a warning.
+    :param progress: default ``progress(phase, line)`` callback for long
+        operations: ``line`` is None when a phase (download, solve, install,
+        pip) starts, then each line the tool prints.
+
+    Nothing happens on construction: the tool is installed on first need or
+    by :meth:`install_tool`.
+    """
+
+    def __init__(self, root=None, tool=None, tool_path=None, tool_version=None, download_url=None,
+                 proxies=None, channels=DEFAULT_CHANNELS, verify_downloads=True, progress=None):
+        tool = tool or os.environ.get(_ENV_TOOL) or "pixi"
+        if tool not in _TOOLS:
+            raise SpecError("unknown tool %r: choose 'pixi', 'micromamba' or 'venv'" % (tool,))
+        self.tool = tool
+        self.root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
+        if tool == "venv":
+            if tool_path is not None or tool_version is not None:
+                raise SpecError("tool_path and tool_version do not apply to the venv tool (it uses local "
+                                "interpreters); drop them or choose tool='pixi' or 'micromamba'")
+            self.tool_path = self.tool_version = None
+        else:
+            self.tool_path = tool_path if tool_path is not None else os.environ.get(_ENV_TOOL_PATHS[tool]) or None
+            self.tool_version = _normalize_tool_version(tool, tool_version)
+        self.download_url = download_url or os.environ.get(_ENV_DOWNLOAD_URL) or _RELEASE_URLS.get(tool)
+        if proxies is not None and not (isinstance(proxies, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in proxies.items())):
+            raise SpecError("proxies must be a dict such as {'https': 'http://proxy:8080'}, not %r" % (proxies,))
+        self.proxies = proxies
+        if isinstance(channels, str):
+            raise SpecError("channels must be a list of channel names, not the string %r" % (channels,))
+        self.channels = _normalize_dependencies({"channels": list(channels or ())}, "pixi")["channels"]
+        self.verify_downloads = bool(verify_downloads)
+        self.progress = progress
+        self.environments = {}
+        self.main_environment = _MainEnvironment(self)
+        self._tool_exe = None
+
+    def __repr__(self):
+        return "<EnvironmentManager %s at %r>" % (self.tool, self.root)
+
+    # -- the tool -----------------------------------------------------------
+
+    def _tool_exe_path(self):
+        """Where the tool binary is (or will be) without installing it."""
+        if self._tool_exe:
+            return self._tool_exe
+        if self.tool_path:
+            return os.path.abspath(os.path.expanduser(self.tool_path))
+        return os.path.join(self.root, "bin", _exe_name(self.tool))
+
+    def install_tool(self, progress=None):
+        """Install the tool if needed and return its path (None for venv).
+
+        Idempotent and cheap once installed; safe to call from several
+        processes at once.
+        """
+        if self.tool == "venv":
+            return None
+        if self._tool_exe:
+            return self._tool_exe
+        if self.tool_path:
+            path = self._tool_exe_path()
+            if not os.path.isfile(path):
+                raise ToolError("%s binary %r does not exist (from tool_path or %s); fix the path or unset it "
+                                "to let wetlite download %s" % (self.tool, path, _ENV_TOOL_PATHS[self.tool], self.tool))
+            if self.tool == "micromamba" and os.path.basename(path).lower() not in ("micromamba", "micromamba.exe"):
+                raise ToolError("micromamba binary %r must be named micromamba%s: its shell hook refuses any "
+                                "other name; rename or link it" % (path, ".exe" if _WINDOWS else ""))
+            version = _tool_version(path)
+            _log().debug("using %s %s at %s", self.tool, version, path)
+        else:
+            self._report(progress, "download", None)
+            path = _install_tool(self.tool, self.root, self.tool_version, self.download_url, self.proxies,
+                                 self.verify_downloads)
+        if self.tool == "micromamba":
+            _ensure_mambarc(self.root)
+        self._tool_exe = path
+        return path
+
+    def _report(self, progress, phase, line):
+        callback = progress or self.progress
+        if callback is not None:
+            callback(phase, line)
+
+    def _run_tool(self, argv, name, phase, progress, env=None, cwd=None, what=None):
+        """Run one build step with live output; raise CommandError if it fails."""
+        self._report(progress, phase, None)
+        state = {"phase": phase}
+
+        def on_line(line):
+            # micromamba solves, then prints "Transaction starting" and links.
+            if state["phase"] == "solve" and line.startswith(("Transaction starting", "Linking ")):
+                state["phase"] = "install"
+                self._report(progress, "install", None)
+            self._report(progress, state["phase"], line)
+
+        label = "%s %s" % (name, os.path.basename(argv[0]))
+        _run_streaming(argv, label, env=env or self._tool_environ(), cwd=cwd, on_line=on_line,
+                       log_path=os.path.join(self.root, "state", "logs", name + ".log"),
+                       what=what or "%s %s" % (os.path.basename(argv[0]), argv[1] if len(argv) > 1 else ""))
+
+    def _tool_environ(self):
+        extra = {"MAMBA_ROOT_PREFIX": self.root} if self.tool == "micromamba" else None
+        return _child_environ(extra, scrub_tools=True)
+
+    # -- paths and records --------------------------------------------------
+
+    def _env_dir(self, name, tool=None):
+        return os.path.join(self.root, "workspaces" if (tool or self.tool) == "pixi" else "envs", name)
+
+    def _record_path(self, name):
+        return os.path.join(self.root, "state", "envs", name + ".json")
+
+    def _lock(self, name):
+        return _FileLock(os.path.join(self.root, "state", "locks", "env-" + name + ".lock"),
+                         "the lock of environment %r" % name)
+
+    def _from_record(self, name, record):
+        return Environment(self, name, record["prefix"], record["tool"], python=record.get("python"),
+                           manifest=record.get("manifest"), managed=True)
+
+    def _register(self, env):
+        self.environments[env.name] = env
+        return env
+
+    def _discard(self, name, record):
+        """Delete a managed environment's files and record (only inside root)."""
+        directory = record.get("dir") or self._env_dir(name, record.get("tool"))
+        inside = os.path.abspath(directory).startswith(os.path.join(self.root, ""))
+        if inside:
+            _rmtree(directory)
+        _remove_quietly(self._record_path(name))
+
+    # -- recipes ------------------------------------------------------------
+
+    def _recipe(self, dependencies, config):
+        import hashlib
+        import json
+        spec = _normalize_dependencies(dependencies, self.tool)
+        cfg = _read_config(config, self.tool) if config is not None else None
+        subdir = _conda_subdir(*_platform_id())
+        _select_entries(spec["conda"], subdir, "conda")
+        _select_entries(spec["pip"], subdir, "pip")
+        if cfg is not None and self.tool == "pixi":
+            _normalize_dependencies({"pip": cfg["pip"]}, "pixi", "config %s" % cfg["path"])
+        python = spec["python"] or (cfg or {}).get("python")
+        identity = {
+            "tool": self.tool,
+            "spec": spec,
+            "channels": self.channels,
+            "config": cfg and {"kind": cfg["kind"], "name": os.path.basename(cfg["path"]), "sha256": cfg["sha256"]},
+            "default_python": None if python else "%d.%d" % sys.version_info[:2],
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+        return {"spec": spec, "config": cfg, "python": python, "hash": digest, "identity": identity,
+                "subdir": subdir}
+
+    def _host_satisfies(self, recipe):
+        """Does the host interpreter already have everything the recipe asks for?"""
+        cfg = recipe["config"] or {}
+        if cfg.get("kind") in ("pixi", "pyproject"):
+            return False
+        if recipe["python"] and not _python_spec_matches(recipe["python"], "%d.%d.%d" % sys.version_info[:3]):
+            return False
+        spec, subdir = recipe["spec"], recipe["subdir"]
+        conda = sum(_select_entries(spec["conda"], subdir, "conda"), []) + list(cfg.get("conda", []))
+        pip = sum(_select_entries(spec["pip"], subdir, "pip"), []) + list(cfg.get("pip", []))
+        if conda:
+            records = _host_conda_records()
+            if not records or not all(_conda_spec_satisfied(s, records) for s in conda):
+                return False
+        requirements = [p for p in pip if not p.startswith("-")]
+        if any(p.startswith(("-e", "--editable")) for p in pip):
+            return False
+        if requirements:
+            environment = _marker_environment()
+            if not all(_requirement_satisfied(r, environment) for r in requirements):
+                return False
+        return True
+
+    # -- creating -----------------------------------------------------------
+
+    def create(self, name, dependencies=None, config=None, force_external=False, replace=False, progress=None):
+        """Create (or reuse) the environment ``name`` and return it.
+
+        :param dependencies: ``{"python": "3.11", "conda": [...], "pip": [...],
+            "channels": [...]}``; entries are strings or ``{"name",
+            "platforms", "optional", "dependencies"}`` dicts.
+        :param config: a requirements.txt, environment.yml, pixi.toml or
+            pyproject.toml to build from (with ``dependencies`` on top).
+        :param force_external: build an environment even if the host
+            interpreter already satisfies the dependencies (otherwise the
+            main environment is returned).
+        :param replace: rebuild an existing environment whose recipe
+            differs (otherwise that is a SpecError).
+
+        An existing environment with the same recipe is reused without
+        running any tool.  Several processes may create the same environment
+        at once: one builds it, the others wait and reuse it.
+        """
+        _check_env_name(name)
+        recipe = self._recipe(dependencies, config)
+        if not force_external and self._host_satisfies(recipe):
+            _log().info("the host interpreter satisfies %r: using the main environment", name)
+            return self.main_environment
+        existing = self.environments.get(name)
+        with self._lock(name):
+            record = _read_json(self._record_path(name))
+            if record is not None:
+                ready = record.get("state") == "ready" and os.path.isdir(record.get("prefix") or "")
+                if ready and record.get("recipe_hash") == recipe["hash"]:
+                    if existing is not None and existing.managed and existing.path == record["prefix"]:
+                        return existing
+                    return self._register(self._from_record(name, record))
+                if ready and not replace:
+                    raise SpecError(
+                        "environment %r already exists with a different recipe; pass replace=True to rebuild it, "
+                        "or choose another name (existing: %s)" % (name, _json_dumps(record.get("recipe"))))
+                if not ready:
+                    _log().warning("environment %r was left half-built (%s); rebuilding it",
+                                   name, record.get("state"))
+                if existing is not None:
+                    existing.exit()
+                self._discard(name, record)
+            elif os.path.lexists(self._env_dir(name)):
+                raise SpecError(
+                    "%s exists but was not created by wetlite (there is no record of it); remove it, choose "
+                    "another name, or wrap it with mgr.load(%r, path)" % (self._env_dir(name), name))
+            return self._register(self._build(name, recipe, progress))
+
+    def _build(self, name, recipe, progress):
+        import time
+        directory = self._env_dir(name)
+        prefix = os.path.join(directory, ".pixi", "envs", "default") if self.tool == "pixi" else directory
+        manifest = None
+        if self.tool == "pixi":
+            kind = (recipe["config"] or {}).get("kind")
+            manifest = os.path.join(directory, "pyproject.toml" if kind == "pyproject" else "pixi.toml")
+        record = {
+            "name": name, "tool": self.tool, "dir": directory, "prefix": prefix, "manifest": manifest,
+            "python": _env_python(prefix, "venv" if self.tool == "venv" else "conda"),
+            "recipe_hash": recipe["hash"], "recipe": recipe["identity"], "state": "creating",
+            "wetlite_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _write_json(self._record_path(name), record)
+        env = self._from_record(name, record)
+        try:
+            os.makedirs(os.path.dirname(directory), exist_ok=True)
+            getattr(self, "_build_" + self.tool)(env, recipe, progress)
+            version = _interpreter_version(env.python)
+            if version is None:
+                raise ToolError("environment %r was built but its interpreter %s does not run; see %s"
+                                % (name, env.python, os.path.join(self.root, "state", "logs", name + ".log")))
+            record.update(state="ready", python_version=version)
+            _write_json(self._record_path(name), record)
+        except BaseException:
+            _log().error("creating environment %r failed; removing what was built", name)
+            self._discard(name, record)
+            raise
+        _log().info("created environment %r (%s, python %s) at %s", name, self.tool, version, prefix)
+        return env
+
+    def _default_python(self):
+        return "%d.%d" % sys.version_info[:2]
+
+    def _channels_for(self, spec, cfg, conda_specs=()):
+        inferred = [c for c in (_channel_of(s) for s in conda_specs) if c]
+        return _merge_channels(spec["channels"], (cfg or {}).get("channels", []), inferred, self.channels)
+
+    def _build_venv(self, env, recipe, progress):
+        interpreter, version = _choose_interpreter(recipe["python"] or self._default_python())
+        _log().info("building venv %r with Python %s (%s)", env.name, version, interpreter)
+        self._run_tool([interpreter, "-m", "venv", env.path], env.name, "install", progress,
+                       env=_child_environ(), what="python -m venv")
+        self._pip_step(env, recipe["spec"]["pip"], recipe["config"], recipe["subdir"], progress)
+
+    def _build_micromamba(self, env, recipe, progress):
+        exe = self.install_tool(progress)
+        spec, cfg, subdir = recipe["spec"], recipe["config"], recipe["subdir"]
+        with_deps, no_deps = _select_entries(spec["conda"], subdir, "conda")
+        from_file = cfg is not None and cfg["kind"] == "environment"
+        specs = []
+        if spec["python"] or not from_file or cfg["python"] is None:
+            specs.append(_python_conda_spec(recipe["python"] or self._default_python()))
+        specs.extend(with_deps)
+        channels = self._channels_for(spec, cfg, with_deps + no_deps)
+        common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root), "--override-channels"]
+        for channel in channels:
+            common += ["-c", channel]
+        argv = [exe, "create"] + common + (["-f", cfg["path"]] if from_file else []) + specs
+        self._run_tool(argv, env.name, "solve", progress, what="micromamba create")
+        if no_deps:
+            self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve", progress,
+                           what="micromamba install --no-deps")
+        pip_config = cfg if cfg is not None and cfg["kind"] == "requirements" else None
+        self._pip_step(env, spec["pip"], pip_config, subdir, progress)
+
+    def _build_pixi(self, env, recipe, progress):
+        import shutil
+        exe = self.install_tool(progress)
+        spec, cfg = recipe["spec"], recipe["config"]
+        python = recipe["python"] or self._default_python()
+        init = True
+        if cfg is not None and cfg["kind"] in ("pixi", "pyproject"):
+            directory = os.path.dirname(env.manifest)
+            os.makedirs(directory)
+            for path in cfg["files"]:
+                shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
+            self._run_tool([exe, "install", "--manifest-path", env.manifest], env.name, "install", progress,
+                           what="pixi install")
+            if not (spec["python"] or spec["conda"] or spec["pip"] or spec["channels"]):
+                return
+            cfg, python, init = None, spec["python"], False     # the manifest owns python and channels
+        self._pixi_add(env, exe, spec, cfg, recipe["subdir"], python, progress, init=init)
+
+    def _pixi_add(self, env, exe, spec, cfg, subdir, python, progress, init=False):
+        with_deps, _ = _select_entries(spec["conda"], subdir, "conda")
+        conda = list(with_deps) + list((cfg or {}).get("conda", []))
+        pip_with, pip_without = _select_entries(spec["pip"], subdir, "pip")
+        pip_with = pip_with + list((cfg or {}).get("pip", []))
+        if pip_without and "pip" not in conda:
+            conda.append("pip")         # pixi environments have no pip unless asked for
+        if init:
+            argv = [exe, "init", "--format", "pixi"]
+            for channel in self._channels_for(spec, cfg, conda):
+                argv += ["-c", channel]
+            self._run_tool(argv + [os.path.dirname(env.manifest)], env.name, "solve", progress, what="pixi init")
+        elif spec["channels"]:
+            self._run_tool([exe, "workspace", "channel", "add", "--manifest-path", env.manifest] + spec["channels"],
+                           env.name, "solve", progress, what="pixi workspace channel add")
+        specs = ([_python_conda_spec(python)] if python else []) + conda
+        if specs:
+            self._run_tool([exe, "add", "--manifest-path", env.manifest] + specs, env.name, "solve", progress,
+                           what="pixi add")
+        marker_python = _python_marker_version(python) if python else None
+        requirements = _strip_markers([p for p in pip_with if not p.startswith("-")], marker_python)
+        if requirements:
+            self._run_tool([exe, "add", "--manifest-path", env.manifest, "--pypi"] + requirements, env.name,
+                           "pip", progress, what="pixi add --pypi")
+        if pip_without:
+            self._pip_step(env, [{"name": n, "platforms": None, "optional": False, "dependencies": False}
+                                 for n in pip_without], None, subdir, progress)
+
+    def _pip_step(self, env, entries, cfg, subdir, progress):
+        """pip install the pip entries (and a requirements/environment config) into env."""
+        with_deps, no_deps = _select_entries(entries, subdir, "pip")
+        options = [e for e in with_deps if e.startswith("-")]
+        with_deps = [e for e in with_deps if not e.startswith("-")]
+        base = [env.python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+        runs = []
+        if cfg is not None and cfg["kind"] == "requirements":
+            runs.append((["-r", cfg["path"]], os.path.dirname(cfg["path"])))
+        elif cfg is not None and cfg["kind"] == "environment" and cfg["pip"]:
+            runs.append((_pip_args(cfg["pip"]), os.path.dirname(cfg["path"])))
+        if with_deps:
+            runs.append((_pip_args(options) + with_deps, None))
+        if no_deps:
+            runs.append((_pip_args(options) + ["--no-deps"] + no_deps, None))
+        for args, cwd in runs:
+            self._run_tool(base + args, env.name, "pip", progress, env=_child_environ(scrub_tools=True),
+                           cwd=cwd, what="pip install")
+
+    # -- installing into an existing environment ----------------------------
+
+    def _install(self, env, dependencies, config, progress):
+        if env.tool == "main":
+            raise SpecError("cannot install into the host interpreter (the main environment); create an "
+                            "environment with mgr.create(name, deps, force_external=True) instead")
+        tool = {"prefix": "venv"}.get(env.tool, env.tool)   # a bare prefix takes pip only
+        spec = _normalize_dependencies(dependencies, tool)
+        cfg = _read_config(config, tool) if config is not None else None
+        subdir = _conda_subdir(*_platform_id())
+        lock = self._lock(env.name) if env.managed else _NullContext()
+        with lock:
+            if env.tool == "micromamba":
+                exe = self.install_tool(progress)
+                with_deps, no_deps = _select_entries(spec["conda"], subdir, "conda")
+                common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root), "--override-channels"]
+                for channel in self._channels_for(spec, cfg, with_deps + no_deps):
+                    common += ["-c", channel]
+                extra = (["-f", cfg["path"]] if cfg is not None and cfg["kind"] == "environment" else [])
+                if with_deps or extra or spec["python"]:
+                    specs = ([_python_conda_spec(spec["python"])] if spec["python"] else []) + with_deps
+                    self._run_tool([exe, "install"] + common + extra + specs, env.name, "solve", progress,
+                                   what="micromamba install")
+                if no_deps:
+                    self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve",
+                                   progress, what="micromamba install --no-deps")
+                self._pip_step(env, spec["pip"], cfg if cfg and cfg["kind"] == "requirements" else None,
+                               subdir, progress)
+            elif env.tool == "pixi":
+                exe = self.install_tool(progress)
+                self._pixi_add(env, exe, spec, cfg, subdir, spec["python"], progress)
+            else:
+                if spec["python"]:
+                    raise SpecError("cannot change the python of %s environment %r; create a new one"
+                                    % (env.tool, env.name))
+                self._pip_step(env, spec["pip"], cfg, subdir, progress)
+            if env.managed:
+                record = _read_json(self._record_path(env.name))
+                if record is not None:
+                    record.setdefault("installed", []).append({"dependencies": spec, "config": cfg and cfg["path"]})
+                    _write_json(self._record_path(env.name), record)
+
+    # -- finding ------------------------------------------------------------
+
+    def load(self, name, path):
+        """Wrap an existing environment (conda prefix, pixi workspace or venv).
+
+        wetlite never deletes a loaded environment's files: ``remove``
+        only forgets it.
+        """
+        _check_env_name(name)
+        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        manifest = None
+        if os.path.isfile(path) and os.path.basename(path) in ("pixi.toml", "pyproject.toml"):
+            manifest = path
+        elif os.path.isfile(os.path.join(path, "pixi.toml")):
+            manifest = os.path.join(path, "pixi.toml")
+        if manifest is not None:
+            prefix = os.path.join(os.path.dirname(manifest), ".pixi", "envs", "default")
+            tool = "pixi" if self.tool == "pixi" else "prefix"
+            if tool == "prefix" and not os.path.isdir(prefix):
+                raise SpecError("pixi workspace %r has no installed environment and this manager uses %s; "
+                                "load it with EnvironmentManager(tool='pixi')" % (path, self.tool))
+        elif os.path.isdir(os.path.join(path, "conda-meta")):
+            prefix, tool = path, ("micromamba" if self.tool == "micromamba" else "prefix")
+        elif os.path.isfile(os.path.join(path, "pyvenv.cfg")):
+            prefix, tool = path, "venv"
+        elif not os.path.exists(path):
+            raise SpecError("cannot load %r: %s does not exist" % (name, path))
+        else:
+            raise SpecError("cannot load %r: %s is not an environment (no conda-meta/, pyvenv.cfg or "
+                            "pixi.toml)" % (name, path))
+        return self._register(Environment(self, name, prefix, tool, manifest=manifest, managed=False))
+
+    def get(self, name):
+        """The environment ``name``: already in use, or recorded under root."""
+        env = self.environments.get(name)
+        if env is not None:
+            return env
+        _check_env_name(name)
+        record = _read_json(self._record_path(name))
+        if record is None or record.get("state") != "ready":
+            known = ", ".join(e["name"] for e in self.list()) or "none"
+            raise SpecError("no environment named %r under %s (known: %s); create it with mgr.create(%r, ...)"
+                            % (name, self.root, known, name))
+        return self._register(self._from_record(name, record))
+
+    def list(self):
+        """Ready environments under root: dicts with name, tool, path, python_version."""
+        import glob
+        found = []
+        for path in sorted(glob.glob(os.path.join(self.root, "state", "envs", "*.json"))):
+            record = _read_json(path)
+            if record and record.get("state") == "ready":
+                found.append({"name": record.get("name"), "tool": record.get("tool"), "path": record.get("prefix"),
+                              "python_version": record.get("python_version"), "created": record.get("created")})
+        return found
+
+    def remove(self, name):
+        """Stop and delete the environment ``name`` (a loaded one is only forgotten)."""
+        _check_env_name(name)
+        env = self.environments.pop(name, None)
+        if env is not None:
+            env.exit()
+            if not env.managed:
+                return
+        with self._lock(name):
+            record = _read_json(self._record_path(name))
+            if record is None:
+                if env is None:
+                    raise SpecError("no environment named %r under %s" % (name, self.root))
+                return
+            self._discard(name, record)
+        _log().info("removed environment %r", name)
+
+    def exit(self):
+        """Stop every worker this manager started."""
+        for env in list(self.environments.values()) + [self.main_environment]:
+            env.exit()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.exit()
+
+
+class _NullContext(object):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _json_dumps(obj):
+    import json
+    return json.dumps(obj, sort_keys=True)
+
+# =============================================================================
+# 16. Command-line interface
+#    A thin adapter: every command is one or two public API calls.
+#    Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.
+# =============================================================================
+
+
+def _build_parser():
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="wetlite", description="Create isolated Conda environments (pixi, micromamba or venv) and run "
+                                    "commands in them.")
+    parser.add_argument("--version", action="version", version="wetlite " + __version__)
+    parser.add_argument("--root", help="where tools and environments live (default: $%s or the user data dir)"
+                        % _ENV_ROOT)
+    parser.add_argument("--tool", choices=_TOOLS, help="pixi, micromamba or venv (default: $%s or pixi)" % _ENV_TOOL)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True     # add_subparsers(required=...) needs 3.7
+
+    p = sub.add_parser("install-tool", help="download and verify the tool (pixi or micromamba)")
+    p.set_defaults(func=_cmd_install_tool)
+
+    p = sub.add_parser("create", help="create an environment (or reuse an identical one)")
+    p.add_argument("name")
+    p.add_argument("--python", metavar="V", help="python version or specifier, e.g. 3.11 or '>=3.10'")
+    p.add_argument("--conda", metavar="SPEC", action="append", default=[], help="conda package (repeatable)")
+    p.add_argument("--pip", metavar="SPEC", action="append", default=[], help="pip requirement (repeatable)")
+    p.add_argument("--channel", metavar="C", action="append", default=[], help="conda channel (repeatable)")
+    p.add_argument("--file", metavar="CONFIG", help="requirements.txt, environment.yml, pixi.toml or pyproject.toml")
+    p.add_argument("--replace", action="store_true", help="rebuild it if it exists with another recipe")
+    p.set_defaults(func=_cmd_create)
+
+    p = sub.add_parser("list", help="list the environments")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run a command in an environment: run NAME -- CMD...",
+                       usage="wetlite run NAME -- CMD [ARGS...]")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("script", help="print the script that `run` would execute",
+                       usage="wetlite script NAME [--shell bash|powershell] -- CMD [ARGS...]")
+    p.add_argument("name")
+    p.add_argument("--shell", choices=_SHELLS, help="default: this platform's")
+    p.set_defaults(func=_cmd_script)
+
+    p = sub.add_parser("remove", help="delete an environment")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_remove)
+
+    p = sub.add_parser("info", help="platform, python, root, tool and settings")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("doctor", help="check that wetlite works here: builds a throwaway environment")
+    p.set_defaults(func=_cmd_doctor)
+    return parser
+
+
+def _manager(args):
+    return EnvironmentManager(root=args.root, tool=args.tool)
+
+
+def _configure_cli_logging(level):
+    """Send the wetlite logger to stderr; return a function that undoes it.
+
+    main() can run inside a host process (and its tests): it leaves the
+    logging configuration as it found it.
+    """
+    import logging
+    logger = logging.getLogger("wetlite")
+    saved = (logger.level, logger.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if level > 0 or _debug_enabled() else
+                    logging.INFO if level == 0 else logging.WARNING)
+
+    def restore():
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    return restore
+
+
+def _command_after_dashes(args):
+    cmd = args.cmd
+    if not cmd:
+        raise SpecError("no command given; write: wetlite %s %s -- CMD [ARGS...]" % (args.command, args.name))
+    return [cmd]
+
+
+def _cmd_install_tool(args):
+    mgr = _manager(args)
+    path = mgr.install_tool()
+    print(path if path else "the venv tool needs no download")
+    return 0
+
+
+def _cmd_create(args):
+    deps = {"conda": args.conda, "pip": args.pip, "channels": args.channel}
+    if args.python:
+        deps["python"] = args.python
+    env = _manager(args).create(args.name, deps, config=args.file, force_external=True, replace=args.replace)
+    print(env.path)
+    return 0
+
+
+def _cmd_list(args):
+    import json
+    envs = _manager(args).list()
+    if args.json:
+        print(json.dumps(envs, indent=2))
+    else:
+        for e in envs:
+            print("%-20s %-10s %-8s %s" % (e["name"], e["tool"], e["python_version"] or "?", e["path"]))
+    return 0
+
+
+def _cmd_run(args):
+    env = _manager(args).get(args.name)
+
+    def echo(line):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    return env.run(_command_after_dashes(args), output=echo, check=False).returncode
+
+
+def _cmd_script(args):
+    env = _manager(args).get(args.name)
+    sys.stdout.write(env.script(_command_after_dashes(args), shell=args.shell))
+    return 0
+
+
+def _cmd_remove(args):
+    _manager(args).remove(args.name)
+    return 0
+
+
+def _info(mgr):
+    import platform
+    tool_path = mgr._tool_exe_path() if mgr.tool != "venv" else None
+    installed = bool(tool_path and os.path.isfile(tool_path))
+    return {
+        "wetlite": __version__,
+        "platform": _conda_subdir(*_platform_id()),
+        "system": "%s %s %s" % (platform.system(), platform.release(), platform.machine()),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "python_executable": sys.executable,
+        "root": mgr.root,
+        "tool": mgr.tool,
+        "tool_version": mgr.tool_version,
+        "tool_path": tool_path,
+        "tool_installed": installed,
+        "installed_version": (_read_marker(os.path.join(mgr.root, "bin", "." + mgr.tool + "-version"))
+                              if installed and not mgr.tool_path else None),
+        "environment": {k: v for k, v in sorted(os.environ.items())
+                        if k.startswith("WETLITE_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")},
+    }
+
+
+def _cmd_info(args):
+    import json
+    info = _info(_manager(args))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if key == "environment":
+                value = ", ".join("%s=%s" % kv for kv in value.items()) or "(no WETLITE_* or proxy variables)"
+            print("%-18s %s" % (key + ":", value))
+    return 0
+
+
+def _cmd_doctor(args):
+    import tempfile
+    import time
+    info = _info(_manager(args))
+    print("wetlite %s on %s (%s)" % (info["wetlite"], info["platform"], info["system"]))
+    print("python   %s (%s)" % (info["python"], info["python_executable"]))
+    print("root     %s" % info["root"])
+    if info["tool"] == "venv":
+        print("tool     venv (local interpreters, nothing to download)")
+    else:
+        print("tool     %s %s: %s" % (info["tool"], info["tool_version"] or "",
+                                      "installed at " + info["tool_path"] if info["tool_installed"]
+                                      else "not installed yet (downloaded on first use)"))
+    ok = True
+    scratch = tempfile.mkdtemp(prefix="wetlite-doctor-")
+    try:
+        mgr = EnvironmentManager(root=scratch, tool="venv")
+        start = time.monotonic()
+        env = mgr.create("doctor", force_external=True)
+        created = time.monotonic() - start
+        print("create   ok: throwaway venv environment in %.2f s" % created)
+        start = time.monotonic()
+        out = env.run([[ "python", "-c", "import sys; print(sys.prefix)"]]).stdout.strip()
+        ran = time.monotonic() - start
+        same = os.path.realpath(out) == os.path.realpath(env.path)
+        print("run      %s: a command in it took %.3f s%s" % ("ok" if same else "FAILED", ran,
+                                                              "" if same else " (it ran in %s)" % out))
+        ok = ok and same
+        mgr.exit()
+    except WetliteError as exc:
+        ok = False
+        print("FAILED   %s" % exc)
+    finally:
+        _rmtree(scratch)
+    print("doctor: %s" % ("all checks passed" if ok else "some checks FAILED"))
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    """Run the wetlite command line with ``argv`` and return its exit status."""
+    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the user's command, passed on verbatim.
+    cmd = argv[argv.index("--") + 1:] if "--" in argv else None
+    try:
+        args = parser.parse_args(argv[:argv.index("--")] if cmd is not None else argv)
+    except SystemExit as exc:      # usage errors, --help and --version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.cmd = cmd
+    restore_logging = _configure_cli_logging(args.verbose - args.quiet)
+    try:
+        return args.func(args) or 0
+    except WetliteError as exc:
+        _eprint("wetlite: error: %s" % exc)
+        return 1
+    except KeyboardInterrupt:
+        _eprint("wetlite: interrupted")
+        return 130
+    finally:
+        restore_logging()
+
+
+# =============================================================================
+# 17. Entry point
+# =============================================================================
+
+if __name__ == "__main__":
+    # `python wetlite.py` and `import wetlite` must give one module object, or
+    # classes exist twice in the process (cf. bottle.py).
+    sys.modules.setdefault("wetlite", sys.modules["__main__"])
+    sys.exit(main())

@@ -81,6 +81,7 @@ __all__ = [
     "PIXI_VERSION",
     "MICROMAMBA_VERSION",
     "DEFAULT_CHANNELS",
+    "PROTOCOL_VERSION",
     "main",
 ]
 
@@ -2970,6 +2971,9 @@ class Environment(object):
         self.manifest = manifest
         self.managed = managed
         self.python = python or _env_python(path, "venv" if tool == "venv" else "conda")
+        self._worker = None
+        self._worker_output = None
+        self._activation_cache = None
 
     def __repr__(self):
         return "<%s %r (%s) at %r>" % (type(self).__name__, self.name, self.tool, self.path)
@@ -2981,7 +2985,17 @@ class Environment(object):
         self.manager._install(self, dependencies, config, progress)
 
     def packages(self):
-        """Installed packages: a list of {"name", "version", "kind": "conda" or "pypi"}."""
+        """Installed packages: a list of {"name", "version", "kind": "conda" or "pypi"}.
+
+        Names of pypi packages are normalized (PEP 503), whichever tool lists them.
+        """
+        rows = self._list_packages()
+        for row in rows:
+            if row["kind"] == "pypi":
+                row["name"] = _canonical_name(row["name"])
+        return rows
+
+    def _list_packages(self):
         import json
         if self.tool == "micromamba":
             out = _run_capture([self.manager.install_tool(), "list", "-p", self.path, "--json"],
@@ -3087,12 +3101,122 @@ class Environment(object):
                                returncode=returncode, output_tail=tail)
         return subprocess.CompletedProcess(argv, returncode, "\n".join(lines) + ("\n" if lines else ""), None)
 
-    # -- executor (see sections 13-15) --------------------------------------
+    # -- executor (sections 13-15) -------------------------------------------
+
+    def launch(self, timeout=60, output=None):
+        """Start this environment's worker unless it already runs; return self.
+
+        :param timeout: seconds the worker has to start and say hello; if it
+            dies or stays silent, WorkerDied tells its exit code and stderr.
+        :param output: ``output(line)`` receives each line the worker prints
+            (default: the ``wetlite`` logger, INFO, tagged with the name).
+
+        Calls start the worker on demand too, and restart it after a crash.
+        """
+        if output is not None:
+            self._worker_output = output
+        worker = self._worker
+        if worker is None or worker.dead is not None or worker._closed:
+            self._worker = _Worker(self, timeout, self._worker_output)
+        return self
+
+    def _running_worker(self):
+        worker = self._worker
+        if worker is None or worker.dead is not None or worker._closed:     # not started, crashed or stopped
+            self.launch()
+            worker = self._worker
+        return worker
+
+    def execute(self, module, function, args=(), kwargs=None, timeout=None):
+        """Call ``module.function(*args, **kwargs)`` in the environment; return its result.
+
+        ``module`` is a dotted name importable there, or a path to a .py
+        file; ``function`` may be a dotted path (``Class.method``).  The
+        result comes back by value.  A remote exception is re-raised as its
+        own type when the host has it, else as RemoteError.  ``timeout``
+        (seconds) raises CallTimeout and stops the call.
+        """
+        module = _module_target(module)
+        return self._running_worker().call(("call", module, function), (args, kwargs), (module, function), timeout)
+
+    def submit(self, module, function, args=(), kwargs=None, timeout=None):
+        """Like execute(), but return a concurrent.futures.Future at once."""
+        import concurrent.futures
+        module = _module_target(module)
+        future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        return self._running_worker().call(("call", module, function), (args, kwargs), (module, function), timeout,
+                                           future)
+
+    def import_module(self, module):
+        """A proxy of ``module`` in the environment: ``mod.f(x)`` is one round trip."""
+        module = _module_target(module)
+        names = self._running_worker().call(("dir", module), None, "import of %s in environment %r"
+                                            % (module, self.name), None)
+        return _RemoteModule(self, module, names)
+
+    def run_script(self, path, args=(), run_name="__main__", timeout=None):
+        """Run a Python script in the worker, with ``sys.argv = [path] + args``."""
+        path = os.path.abspath(os.fspath(path))
+        return self._running_worker().call(("script", path), (args, {"run_name": run_name}),
+                                           "script %s in environment %r" % (path, self.name), timeout)
 
     def exit(self):
         """Stop this environment's worker, if one runs.  Idempotent."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+
+    def _worker_argv(self):
+        return [self.python, "-u", "-m", "wetlite", "serve"]
+
+    def _worker_environ(self):
+        env = _apply_activation(_child_environ(scrub_tools=True), self._activation_environ())
+        env["PYTHONPATH"] = _runtime_dir(self.manager.root)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _activation_environ(self):
+        """What activating this environment changes, computed once and kept in its record."""
+        if self._activation_cache is not None:
+            return self._activation_cache
+        record_path = self.manager._record_path(self.name) if self.managed else None
+        record = _read_json(record_path) if record_path else None
+        activation = (record or {}).get("activation")
+        if activation is None:
+            activation = self._capture_activation()
+            if record is not None and record.get("prefix") == self.path:
+                record["activation"] = activation
+                _write_json(record_path, record)
+        self._activation_cache = activation
+        return activation
+
+    def _capture_activation(self):
+        import json
+        if self.tool == "venv":
+            return {"set": {"VIRTUAL_ENV": self.path}, "unset": [],
+                    "path_prepend": [os.path.dirname(self.python)]}
+        base = _child_environ(scrub_tools=True)
+        if self.tool == "pixi":
+            out = _run_capture([self.manager.install_tool(), "shell-hook", "--manifest-path", self.manifest, "-e",
+                                "default", "--json", "--frozen"], env=self.manager._tool_environ(),
+                               what="pixi shell-hook --json")
+            data = json.loads(out)
+            if not data.get("activation_scripts"):
+                after = dict(base)
+                after.update(data.get("environment_variables") or {})
+                return _activation_diff(base, after)
+        # Run the activation once and capture the environment it leaves.
+        marker = "__wetlite_environment__ "
+        code = "import json, os, sys; sys.stdout.write('\\n%s' + json.dumps(dict(os.environ)) + '\\n')" % marker
+        lines = self.run([[self.python, "-c", code]]).stdout.splitlines()
+        found = [line[len(marker):] for line in lines if line.startswith(marker)]
+        if not found:
+            raise ExecutorError("could not read the activated environment of %r" % self.name)
+        return _activation_diff(base, json.loads(found[-1]))
 
     def __enter__(self):
+        self.launch()
         return self
 
     def __exit__(self, *exc):
@@ -3100,13 +3224,60 @@ class Environment(object):
 
     # The seed API's camelCase names.
     executeCommands = execute_commands
+    importModule = import_module
+    runScript = run_script
+
+
+def _module_target(module):
+    """A module name as given, or a .py path made absolute in the host's cwd."""
+    if type(module) is not str:
+        module = os.fspath(module)
+    if not isinstance(module, str) or not module:
+        raise SpecError("module must be a dotted name or a path to a .py file, not %r" % (module,))
+    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
+        return os.path.abspath(module)
+    return module
 
 
 class _MainEnvironment(Environment):
-    """The host interpreter itself: commands run without activation."""
+    """The host interpreter itself: commands run without activation, and
+    calls run in this process (kwargs honoured, same error semantics)."""
 
     def __init__(self, manager):
         Environment.__init__(self, manager, "main", sys.prefix, "main", python=sys.executable)
+        self._pool = None
+
+    def launch(self, timeout=60, output=None):
+        return self
+
+    def execute(self, module, function, args=(), kwargs=None, timeout=None):
+        if timeout is not None:
+            import concurrent.futures
+            future = self.submit(module, function, args, kwargs)
+            try:
+                return future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise CallTimeout("%s:%s did not finish within %s s (in the host process it cannot be stopped; it "
+                                  "goes on in the background)" % (module, function, timeout))
+        return _resolve(_module_target(module), function)(*args, **(kwargs or {}))
+
+    def submit(self, module, function, args=(), kwargs=None, timeout=None):
+        import concurrent.futures
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1)   # in order, like a worker
+        target = _module_target(module)
+        return self._pool.submit(lambda: _resolve(target, function)(*args, **(kwargs or {})))
+
+    def import_module(self, module):
+        return _resolve(_module_target(module), None)
+
+    def run_script(self, path, args=(), run_name="__main__", timeout=None):
+        return _run_script(os.path.abspath(os.fspath(path)), *args, run_name=run_name)
+
+    def exit(self):
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 class EnvironmentManager(object):
@@ -3527,10 +3698,12 @@ class EnvironmentManager(object):
                     raise SpecError("cannot change the python of %s environment %r; create a new one"
                                     % (env.tool, env.name))
                 self._pip_step(env, spec["pip"], cfg, subdir, progress)
+            env._activation_cache = None        # new packages may bring activation scripts
             if env.managed:
                 record = _read_json(self._record_path(env.name))
                 if record is not None:
                     record.setdefault("installed", []).append({"dependencies": spec, "config": cfg and cfg["path"]})
+                    record.pop("activation", None)
                     _write_json(self._record_path(env.name), record)
 
     # -- finding ------------------------------------------------------------
@@ -3631,6 +3804,1026 @@ def _json_dumps(obj):
     return json.dumps(obj, sort_keys=True)
 
 # =============================================================================
+# 13. Executor protocol
+#
+#    The host starts `python -u -m wetlite serve` with the environment's
+#    interpreter; PYTHONPATH holds only a private runtime dir with a copy of
+#    the host's own wetlite.py.  The host listens on a fresh AF_UNIX socket
+#    in a 0700 dir (AF_PIPE on Windows, 127.0.0.1 TCP as a last resort) with
+#    a fresh 32-byte authkey; address and key reach the worker through its
+#    environment, never argv.  multiprocessing.connection authenticates both
+#    ways.  Every message is one pickled tuple:
+#
+#      worker -> host  ("hello", PROTOCOL_VERSION, wetlite version,
+#                       python version, highest pickle protocol, pid)
+#      host -> worker  ("hello", pickle protocol to use)  # the lower of both
+#      host -> worker  ("call", id, module, function, payload)
+#                      ("script", id, path, payload)   payload = pickled (args, kwargs)
+#                      ("dir", id, module)
+#                      ("cancel", id)                  drop a call not started yet
+#                      ("exit",)
+#      worker -> host  ("ok", id, pickled result)
+#                      ("err", id, error dict)         see _error_info()
+#
+#    Arguments and results are pickled separately from the envelope, so an
+#    object that cannot cross fails that call alone, with a clear error.
+#    Calls run on the worker's main thread in order.  A timeout interrupts
+#    the call with SIGINT (CTRL_BREAK on Windows); the worker turns it into
+#    KeyboardInterrupt only while a call runs.  The worker's stdout and
+#    stderr are pipes the host reads line by line: prints never touch the
+#    protocol.  On POSIX a "lifeline" pipe, whose write end only the host
+#    holds, wakes a worker thread at EOF when the host dies; on Windows that
+#    thread waits on the host's process handle.
+# =============================================================================
+
+PROTOCOL_VERSION = 1
+_WORKER_ENV = "WETLITE_WORKER"          # "address|family|authkey hex|lifeline fd|host pid"
+_INTERRUPT_GRACE = 2.0                  # seconds a timed-out call gets to stop before a kill
+_EXIT_GRACE = 2.0                       # seconds a worker gets to leave on its own
+
+
+def _error_info(exc, protocol):
+    """An exception as builtins: type name, message, formatted traceback, and pickle if possible."""
+    import pickle
+    import traceback
+    cls = type(exc)
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable %s>" % cls.__name__
+    try:
+        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    except Exception:
+        text = "%s: %s\n" % (cls.__name__, message)
+    try:
+        blob = pickle.dumps(exc, protocol)
+    except Exception:
+        blob = None
+    module = sys.modules.get(cls.__module__)
+    shown = getattr(module, "__wetlite_display_name__", cls.__module__)   # a .py loaded by path
+    return {"type": "%s.%s" % (shown, getattr(cls, "__qualname__", cls.__name__)),
+            "message": message, "traceback": text, "pickle": blob}
+
+
+class _RemoteTraceback(Exception):
+    """The worker-side traceback, attached as the __cause__ of a re-raised error."""
+
+    def __init__(self, text):
+        Exception.__init__(self, text)
+        self.text = text
+
+    def __str__(self):
+        return "\n\n" + self.text.rstrip()
+
+
+def _rebuild_error(info, what):
+    """The exception to raise in the host for a worker error dict.
+
+    The original type when the host can unpickle it (with the worker's
+    traceback as __cause__, as concurrent.futures does), else RemoteError.
+    """
+    import pickle
+    stage = info.get("stage")
+    if stage == "result":
+        return ExecutorError("the result of %s could not be pickled in the worker (%s: %s); return plain data "
+                             "(numbers, strings, lists, dicts, arrays) instead" % (what, info["type"], info["message"]))
+    if stage == "arguments":
+        return ExecutorError("the arguments of %s could not be unpickled in the worker (%s: %s); pass types the "
+                             "environment can import" % (what, info["type"], info["message"]))
+    exc = None
+    if info.get("pickle") is not None:
+        try:
+            exc = pickle.loads(info["pickle"])
+        except Exception:
+            exc = None
+    if isinstance(exc, Exception):
+        exc.__cause__ = _RemoteTraceback(info["traceback"])
+        return exc
+    error = RemoteError("%s raised %s: %s" % (what, info["type"], info["message"]),
+                        type_name=info["type"], remote_traceback=info["traceback"])
+    error.__cause__ = _RemoteTraceback(info["traceback"])
+    return error
+
+
+# =============================================================================
+# 14. Worker (the `serve` command, running inside an environment)
+#    Standard library only and Python 3.6 compatible.
+# =============================================================================
+
+
+class _WorkerState(object):
+    in_call = False
+    path_modules = {}           # absolute path -> (mtime_ns, size, module)
+    resolved = {}               # (module name, function) -> (module, object): the hot path
+
+
+def _serve():
+    """Run the executor worker until the host says exit or goes away."""
+    import pickle
+    import threading
+    raw = os.environ.pop(_WORKER_ENV, None)
+    if not raw:
+        _eprint("wetlite serve: this command is started by wetlite's executor; it is not for direct use")
+        return 2
+    address, family, key_hex, lifeline, host_pid = raw.split("|")
+    _scrub_worker_paths()
+    sys.stdin = open(os.devnull, "r")         # the worker never reads stdin
+    watcher = threading.Thread(target=_watch_host, args=(lifeline, host_pid), name="wetlite-lifeline")
+    watcher.daemon = True
+    watcher.start()
+    _install_interrupt_handlers()
+    from multiprocessing.connection import Client
+    if family == "AF_INET":
+        host, port = address.rsplit(":", 1)
+        address = (host, int(port))
+    conn = Client(address, family=family, authkey=bytes.fromhex(key_hex))
+    conn.send_bytes(pickle.dumps(("hello", PROTOCOL_VERSION, __version__, "%d.%d.%d" % sys.version_info[:3],
+                                  pickle.HIGHEST_PROTOCOL, os.getpid()), 2))
+    reply = pickle.loads(conn.recv_bytes())
+    protocol = reply[1]
+    try:
+        _serve_loop(conn, protocol)
+    finally:
+        conn.close()
+    return 0
+
+
+def _scrub_worker_paths():
+    # The runtime dir on PYTHONPATH found this file; processes the user's code
+    # starts must not inherit it.  `-m` also put the cwd first on sys.path:
+    # the host's script dir is not the environment's business.
+    os.environ.pop("PYTHONPATH", None)
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+
+def _watch_host(lifeline, host_pid):
+    """Block until the host is gone, then end this worker and its children."""
+    if lifeline:
+        try:
+            while os.read(int(lifeline), 1):
+                pass
+        except OSError:
+            pass
+    elif _WINDOWS and host_pid:
+        import _winapi
+        try:
+            handle = _winapi.OpenProcess(0x00100000, False, int(host_pid))      # SYNCHRONIZE
+            _winapi.WaitForSingleObject(handle, 0xFFFFFFFF)
+        except OSError:
+            pass
+    else:
+        return
+    if not _WINDOWS:
+        import signal
+        try:
+            os.killpg(os.getpgid(0), signal.SIGKILL)    # this worker leads its own session
+        except OSError:
+            pass
+    os._exit(3)
+
+
+def _install_interrupt_handlers():
+    import signal
+
+    def interrupt(signum, frame):
+        # Only a running call may be interrupted: between calls a
+        # KeyboardInterrupt could break a message in half.
+        if _WorkerState.in_call:
+            raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupt)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, interrupt)
+
+
+def _readable_now(conn):
+    """Is a message waiting?  (conn.poll() builds a selector per call: too slow here.)"""
+    if _WINDOWS:
+        return conn.poll(0)
+    import select
+    return bool(select.select([conn.fileno()], [], [], 0)[0])
+
+
+def _serve_loop(conn, protocol):
+    import collections
+    import pickle
+    dumps, loads = pickle.dumps, pickle.loads
+    queue = collections.deque()
+    while True:
+        if not queue:
+            try:
+                queue.append(loads(conn.recv_bytes()))
+            except EOFError:
+                return
+        cancels = None
+        while _readable_now(conn):              # pick up cancels of queued calls
+            message = loads(conn.recv_bytes())
+            if message[0] == "cancel":
+                cancels = cancels or set()
+                cancels.add(message[1])
+            else:
+                queue.append(message)
+        if cancels:
+            kept = collections.deque()
+            for m in queue:
+                if len(m) > 1 and m[1] in cancels:
+                    conn.send_bytes(dumps(("cancelled", m[1]), protocol))
+                else:
+                    kept.append(m)
+            queue = kept
+            if not queue:
+                continue
+        message = queue.popleft()
+        op = message[0]
+        if op == "exit":
+            for dropped in queue:
+                if len(dropped) > 1:
+                    conn.send_bytes(dumps(("cancelled", dropped[1]), protocol))
+            return
+        if op == "cancel":
+            continue                            # its call already ran or is unknown
+        call_id = message[1]
+        stage = "arguments"
+        try:
+            if op in ("call", "script"):
+                args, kwargs = loads(message[-1])
+                stage = "call"
+                if op == "call":
+                    result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
+                else:
+                    result = _call_on_main_thread(_run_script, (message[2],) + tuple(args), kwargs)
+            elif op == "dir":
+                stage = "call"
+                result = sorted(n for n in dir(_resolve(message[2], None)) if not n.startswith("__"))
+            else:
+                raise ProtocolError("unknown request %r" % (op,))
+            stage = "result"
+            reply = dumps(("ok", call_id, dumps(result, protocol)), protocol)
+        except BaseException as exc:
+            info = _error_info(exc, protocol)
+            if stage != "call":
+                info["stage"] = stage
+            reply = dumps(("err", call_id, info), protocol)
+        conn.send_bytes(reply)
+
+
+def _call_on_main_thread(func, args, kwargs):
+    _WorkerState.in_call = True
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _WorkerState.in_call = False
+
+
+def _resolve(target, function):
+    """The object ``function`` (a dotted path) of module ``target`` (a name or a .py path)."""
+    module = sys.modules.get(target)            # the hot path: an imported module by name
+    if module is not None:
+        cached = _WorkerState.resolved.get((target, function))
+        if cached is not None and cached[0] is module:
+            return cached[1]
+    else:
+        if target.endswith(".py") or os.sep in target or (os.altsep and os.altsep in target):
+            module = _load_path_module(target)
+        else:
+            import importlib
+            module = importlib.import_module(target)
+    if function is None:
+        return module
+    obj = module
+    walked = target
+    for part in function.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if obj is not module and not hasattr(obj, "__path__"):
+                raise
+            import importlib
+            try:                                # a submodule not imported yet
+                obj = importlib.import_module(getattr(obj, "__name__", walked) + "." + part)
+            except ImportError:
+                raise AttributeError("%s has no attribute %r" % (walked, part))
+        walked += "." + part
+    if sys.modules.get(target) is module:
+        _WorkerState.resolved[(target, function)] = (module, obj)
+    return obj
+
+
+def _load_path_module(path):
+    """Import a .py file under a name unique to its path; re-import it when it changes.
+
+    Its directory is put on sys.path once (at the end), so that its sibling
+    modules import; sys.path does not grow per call.
+    """
+    import hashlib
+    import importlib.util
+    path = os.path.abspath(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        raise ImportError("no Python file at %s" % path)
+    key = (getattr(stat, "st_mtime_ns", stat.st_mtime), stat.st_size)
+    cached = _WorkerState.path_modules.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = "_wetlite_path_%s_%s" % ("".join(c if c.isalnum() else "_" for c in stem),
+                                   hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:10])
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.append(directory)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    module.__wetlite_display_name__ = stem
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    _WorkerState.path_modules[path] = (key, module)
+    return module
+
+
+def _run_script(path, *args, **kwargs):
+    import runpy
+    run_name = kwargs.get("run_name", "__main__")
+    saved = sys.argv[:]
+    sys.argv = [path] + [str(a) for a in args]
+    try:
+        runpy.run_path(path, run_name=run_name)
+    finally:
+        sys.argv = saved
+    return None
+
+# =============================================================================
+# 15. Executor client (the host's side)
+#    A synchronous call sends, then receives on the calling thread: no thread
+#    handoff on the hot path.  Whoever holds the "reading" role reads the
+#    connection and hands other calls' replies to their waiters; a pump
+#    thread takes the role only while futures from submit() are pending.
+# =============================================================================
+
+_LIVE_WORKERS = None            # weakref.WeakSet, created with the first worker
+
+
+def _self_source():
+    """This module's own source as bytes, and its short SHA-256.
+
+    Read through the module's loader, so a copy vendored under another
+    package name, or imported from a zip, works as well as a plain file.
+    """
+    cached = getattr(_self_source, "cache", None)
+    if cached is None:
+        import hashlib
+        module = sys.modules.get(__name__)
+        spec = getattr(module, "__spec__", None)
+        loader = getattr(module, "__loader__", None)
+        text = None
+        if loader is not None and hasattr(loader, "get_source"):
+            try:
+                text = loader.get_source(spec.name if spec is not None else __name__)
+            except (ImportError, OSError):
+                text = None
+        if text is None:
+            path = globals().get("__file__") or ""
+            if path.endswith((".pyc", ".pyo")):
+                path = path[:-1]
+            try:
+                with open(path, "r", encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                raise ExecutorError("cannot read wetlite's own source (%r) to start a worker" % (path,))
+        data = text.encode("utf-8")
+        cached = _self_source.cache = (data, hashlib.sha256(data).hexdigest()[:16])
+    return cached
+
+
+def _runtime_dir(root):
+    """{root}/state/runtime/<hash>/ holding a copy of this file as wetlite.py."""
+    data, digest = _self_source()
+    directory = os.path.join(root, "state", "runtime", digest)
+    path = os.path.join(directory, "wetlite.py")
+    if not os.path.isfile(path):
+        _atomic_write(path, data)
+    return directory
+
+
+_ACTIVATION_NOISE = frozenset(["_", "SHLVL", "PWD", "OLDPWD", "PS1", "PS2", "PS4", "__wetlite_hook"])
+
+
+def _activation_diff(before, after):
+    """What an activation changed: {"set": {...}, "unset": [...], "path_prepend": [...]}."""
+    path_key = next((k for k in after if k.upper() == "PATH"), "PATH")
+    old_path = [p for p in before.get(path_key, "").split(os.pathsep) if p]
+    new_path = [p for p in after.get(path_key, "").split(os.pathsep) if p]
+    return {
+        "set": {k: v for k, v in after.items()
+                if k not in _ACTIVATION_NOISE and k.upper() != "PATH" and before.get(k) != v},
+        "unset": sorted(k for k in before if k not in after and k not in _ACTIVATION_NOISE and k.upper() != "PATH"),
+        "path_prepend": [p for p in new_path if p not in old_path],
+    }
+
+
+def _apply_activation(base, activation):
+    env = dict(base)
+    for key in activation["unset"]:
+        env.pop(key, None)
+    env.update(activation["set"])
+    path_key = next((k for k in env if k.upper() == "PATH"), "PATH")
+    prepend = activation["path_prepend"]
+    rest = [p for p in env.get(path_key, "").split(os.pathsep) if p and p not in prepend]
+    env[path_key] = os.pathsep.join(prepend + rest)
+    return env
+
+
+class _Waiter(object):
+    __slots__ = ("id", "what", "future", "reply", "done", "deadline", "timed_out", "kill_at")
+
+    def __init__(self, call_id, what, future, deadline):
+        self.id = call_id
+        self.what = what
+        self.future = future
+        self.reply = None
+        self.done = False
+        self.deadline = deadline
+        self.timed_out = False
+        self.kill_at = None
+
+
+class _Worker(object):
+    """One worker process and its connection, seen from the host."""
+
+    def __init__(self, env, timeout, output):
+        import collections
+        import itertools
+        import threading
+        self.env = env
+        self.name = env.name
+        self.output = output
+        self.proc = None
+        self.conn = None
+        self.protocol = 2
+        self.dead = None                        # the WorkerDied once it is gone
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()
+        self._reading = False
+        self._waiters = {}
+        self._order = collections.deque()       # ids in the order the worker runs them
+        self._ids = itertools.count(1)
+        self._futures = 0                       # pending calls from submit()
+        self._timed = 0                         # pending calls with a deadline
+        self._sleepers = 0                      # callers waiting for the reader to hand them a reply
+        self._pump = None
+        self._closed = False
+        self._stderr_tail = collections.deque(maxlen=_OUTPUT_TAIL_LINES)
+        self._streams = []
+        self._lifeline = None
+        self._start(timeout)
+
+    # -- starting -----------------------------------------------------------
+
+    def _start(self, timeout):
+        import pickle
+        import subprocess
+        import tempfile
+        import threading
+        import time
+        import weakref
+        from multiprocessing.connection import Client, Listener
+        global _LIVE_WORKERS
+        env = self.env
+        key = os.urandom(32)
+        sock_dir = tempfile.mkdtemp(prefix="wetlite-")          # 0700: private to this user
+        try:
+            if _WINDOWS:
+                family, address = "AF_PIPE", r"\\.\pipe\wetlite-%s" % os.urandom(8).hex()
+            else:
+                family, address = "AF_UNIX", os.path.join(sock_dir, "worker.sock")
+            try:
+                listener = Listener(address, family, backlog=1, authkey=key)
+            except OSError:
+                family = "AF_INET"                              # the last resort
+                listener = Listener(("127.0.0.1", 0), family, backlog=1, authkey=key)
+                address = listener.address
+            shown = "%s:%d" % address if family == "AF_INET" else address
+            lifeline_read = ""
+            pass_fds = ()
+            if not _WINDOWS:
+                lifeline_read, self._lifeline = os.pipe()
+                pass_fds = (lifeline_read,)
+            environ = env._worker_environ()
+            environ[_WORKER_ENV] = "|".join([shown, family, key.hex(), str(lifeline_read), str(os.getpid())])
+            argv = env._worker_argv()
+            kwargs = _session_kwargs()
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, env=environ, pass_fds=pass_fds, **kwargs)
+            except OSError as exc:
+                listener.close()
+                raise ToolError("cannot start the worker of environment %r with %s: %s" % (self.name, argv[0], exc))
+            finally:
+                if lifeline_read != "":
+                    os.close(lifeline_read)
+            for stream, is_err in ((self.proc.stdout, False), (self.proc.stderr, True)):
+                t = threading.Thread(target=self._pump_output, args=(stream, is_err),
+                                     name="wetlite-output-%s" % self.name)
+                t.daemon = True
+                t.start()
+                self._streams.append(t)
+            accepted = {}
+
+            def accept():
+                try:
+                    accepted["conn"] = listener.accept()
+                except BaseException as exc:          # noqa: a wrong key, or our own wake-up call
+                    accepted["error"] = exc
+            acceptor = threading.Thread(target=accept, name="wetlite-accept-%s" % self.name)
+            acceptor.daemon = True
+            acceptor.start()
+            deadline = time.monotonic() + timeout
+            while acceptor.is_alive():
+                acceptor.join(0.05)
+                if acceptor.is_alive() and (self.proc.poll() is not None or time.monotonic() > deadline):
+                    try:                                # wake accept() up
+                        Client(address, family).close()
+                    except (OSError, EOFError):
+                        pass
+                    acceptor.join(5)
+                    break
+            listener.close()
+            self.conn = accepted.get("conn")
+            if self.conn is None:
+                died = self.proc.poll() is not None
+                self._kill()
+                raise self._died("exited before connecting" if died else
+                                 "did not connect within %s s" % timeout)
+            if not self.conn.poll(timeout):
+                self._kill()
+                raise self._died("did not say hello within %s s" % timeout)
+            try:
+                hello = pickle.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                raise self._died("closed the connection before saying hello")
+            if not (isinstance(hello, tuple) and len(hello) >= 6 and hello[0] == "hello"):
+                self._kill()
+                raise ProtocolError("the worker of environment %r sent %r instead of a hello" % (self.name, hello))
+            if hello[1] != PROTOCOL_VERSION:
+                self._kill()
+                raise ProtocolError(
+                    "protocol mismatch: host wetlite %s speaks protocol %d, the worker of environment %r runs wetlite "
+                    "%s (protocol %s) on Python %s; make sure nothing in the environment shadows wetlite"
+                    % (__version__, PROTOCOL_VERSION, self.name, hello[2], hello[1], hello[3]))
+            self.protocol = min(hello[4], pickle.HIGHEST_PROTOCOL)
+            self.worker_python = hello[3]
+            self.pid = hello[5]
+            self.conn.send_bytes(pickle.dumps(("hello", self.protocol), 2))
+        finally:
+            _rmtree(sock_dir)
+        if _LIVE_WORKERS is None:
+            import atexit
+            _LIVE_WORKERS = weakref.WeakSet()
+            atexit.register(_stop_live_workers)
+        _LIVE_WORKERS.add(self)
+
+    def _pump_output(self, stream, is_err):
+        logger = _log()
+        tag = "[%s%s] %%s" % (self.name, ":stderr" if is_err else "")
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if is_err:
+                self._stderr_tail.append(line)
+            if self.output is not None:
+                try:
+                    self.output(line)
+                except Exception:
+                    logger.exception("the output callback of environment %r failed", self.name)
+            else:
+                logger.info(tag, line)
+        stream.close()
+
+    # -- calls --------------------------------------------------------------
+
+    def call(self, message, payload_args, what, timeout, future=None):
+        """Send one request; wait for its reply (or return ``future``).
+
+        ``what`` names the call in errors: a string, or a (module, function)
+        pair formatted only when needed.
+        """
+        import pickle
+        if payload_args is not None:
+            args, kwargs = payload_args
+            try:
+                payload = pickle.dumps((tuple(args), dict(kwargs) if kwargs else {}), self.protocol)
+            except Exception as exc:
+                raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
+                                    "sent" % (self._what(what), type(exc).__name__, exc))
+            message = message + (payload,)
+        call_id = next(self._ids)
+        data = pickle.dumps((message[0], call_id) + message[1:], self.protocol)
+        if timeout is None and future is None:
+            with self._lock:
+                fast = self.dead is None and not self._reading and not self._waiters
+                if fast:
+                    # Nothing else in flight: send and read our own reply on
+                    # this thread, with no bookkeeping.  Sending under the
+                    # lock keeps another thread's request from going first.
+                    self._reading = True
+                    try:
+                        with self._send_lock:
+                            self.conn.send_bytes(data)
+                    except (OSError, EOFError, ValueError):
+                        self._reading = False
+                        fast = None
+            if fast:
+                return self._fast_reply(call_id, what)
+            if fast is None:
+                self._on_death()
+                raise self.dead
+        if timeout is not None:
+            import time
+            timeout = time.monotonic() + timeout
+        waiter = _Waiter(call_id, what, future, timeout)
+        with self._lock:
+            if self.dead is not None:
+                raise self.dead
+            self._waiters[call_id] = waiter
+            self._order.append(call_id)
+            if timeout is not None:
+                self._timed += 1
+            if future is not None:
+                self._futures += 1
+        try:
+            with self._send_lock:
+                self.conn.send_bytes(data)
+        except (OSError, EOFError, ValueError):
+            self._on_death()
+        if future is not None:
+            self._ensure_pump()
+            return future
+        self._wait(waiter)
+        return self._result(waiter)
+
+    def _fast_reply(self, call_id, what):
+        import pickle
+        reply = None
+        try:
+            reply = pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass
+        finally:
+            with self._lock:
+                self._reading = False
+                if self._sleepers or self._futures:
+                    self._cond.notify_all()
+        if reply is None:
+            self._on_death()
+            raise self.dead
+        if reply[1] != call_id:
+            raise ProtocolError("the worker of environment %r answered call %r instead of %r"
+                                % (self.name, reply[1], call_id))
+        return self._decode(reply, what)
+
+    def _what(self, what):
+        if isinstance(what, tuple):
+            return "%s:%s in environment %r" % (what[0], what[1], self.name)
+        return what
+
+    def _result(self, waiter):
+        if waiter.timed_out:
+            if waiter.reply[0] == "died":
+                raise CallTimeout("%s did not finish within its timeout and did not stop when interrupted; the "
+                                  "worker of environment %r was killed (it restarts on the next call)"
+                                  % (self._what(waiter.what), self.name))
+            raise CallTimeout("%s did not finish within its timeout; it was interrupted" % self._what(waiter.what))
+        return self._decode(waiter.reply, waiter.what)
+
+    def _decode(self, reply, what):
+        """The result a reply carries, or raise the error it reports."""
+        kind = reply[0]
+        if kind == "ok":
+            import pickle
+            try:
+                return pickle.loads(reply[2])
+            except Exception as exc:
+                raise ExecutorError("the result of %s could not be unpickled in the host (%s: %s)"
+                                    % (self._what(what), type(exc).__name__, exc))
+        if kind == "err":
+            raise _rebuild_error(reply[2], self._what(what))
+        if kind == "died":
+            raise reply[2]
+        raise ExecutorError("%s was cancelled before it started" % self._what(what))
+
+    def _wait(self, waiter):
+        """Wait for ``waiter``, reading the connection whenever nobody else is."""
+        cond = self._cond
+        while True:
+            with cond:
+                if not waiter.done and self._reading:
+                    self._sleepers += 1
+                    while not waiter.done and self._reading:
+                        cond.wait()
+                    self._sleepers -= 1
+                if waiter.done:
+                    return
+                self._reading = True
+            try:
+                self._read(waiter)
+            finally:
+                with cond:
+                    self._reading = False
+                    if self._sleepers or self._futures:
+                        cond.notify_all()
+
+    def _read(self, waiter=None):
+        """Read and dispatch replies until ``waiter`` is done (or, for the
+        pump, until no future is pending); handle deadlines on the way."""
+        import pickle
+        loads = pickle.loads
+        conn = self.conn
+        while self.dead is None and (not waiter.done if waiter is not None else self._futures > 0):
+            if self._timed:
+                deadline = self._next_deadline()
+                if deadline is not None:
+                    import time
+                    remaining = deadline - time.monotonic()
+                    try:
+                        ready = remaining > 0 and conn.poll(remaining)
+                    except (OSError, EOFError):
+                        ready = True
+                    if not ready:
+                        self._expire()
+                        continue
+            try:
+                reply = loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                self._on_death()
+                return
+            self._dispatch(reply)
+
+    def _next_deadline(self):
+        with self._lock:
+            times = [w.kill_at if w.timed_out else w.deadline for w in self._waiters.values()]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def _expire(self):
+        """Interrupt timed-out calls; kill the worker if one ignores it."""
+        import time
+        now = time.monotonic()
+        with self._lock:
+            late = [w for w in self._waiters.values() if w.timed_out and w.kill_at <= now]
+            fresh = [w for w in self._waiters.values()
+                     if not w.timed_out and w.deadline is not None and w.deadline <= now]
+            for w in fresh:
+                w.timed_out = True
+                w.kill_at = now + _INTERRUPT_GRACE
+            running = self._order[0] if self._order else None
+        if late:
+            _log().warning("environment %r: %s did not stop after an interrupt; killing its worker",
+                           self.name, self._what(late[0].what))
+            self._kill()
+            return
+        for w in fresh:
+            if w.future is not None:
+                self._settle_future(w, CallTimeout("%s did not finish within its timeout; it was interrupted"
+                                                   % self._what(w.what)))
+            if w.id == running:
+                self._interrupt()
+            else:
+                self._send_quietly(("cancel", w.id))
+
+    def _dispatch(self, reply):
+        with self._lock:
+            waiter = self._waiters.pop(reply[1], None)
+            if waiter is None:
+                return
+            order = self._order
+            if order and order[0] == reply[1]:
+                order.popleft()
+            else:
+                try:
+                    order.remove(reply[1])
+                except ValueError:
+                    pass
+            if waiter.deadline is not None:
+                self._timed -= 1
+            waiter.reply = reply
+            waiter.done = True
+            if waiter.future is None:
+                if self._sleepers:
+                    self._cond.notify_all()
+                return
+            self._futures -= 1
+        if not waiter.timed_out:
+            try:
+                self._settle_future(waiter, None)
+            except BaseException as exc:
+                self._settle_future(waiter, exc)
+
+    def _settle_future(self, waiter, error):
+        future = waiter.future
+        if future.done():
+            return
+        if error is None:
+            future.set_result(self._result(waiter))
+        else:
+            future.set_exception(error)
+
+    def _ensure_pump(self):
+        import threading
+        with self._cond:
+            if self._pump is None:
+                self._pump = threading.Thread(target=self._pump_replies, name="wetlite-replies-%s" % self.name)
+                self._pump.daemon = True
+                self._pump.start()
+            self._cond.notify_all()
+
+    def _pump_replies(self):
+        while True:
+            with self._cond:
+                while not self._closed and self.dead is None and (self._futures == 0 or self._reading):
+                    self._cond.wait()
+                if self._closed or self.dead is not None:
+                    return
+                self._reading = True
+            try:
+                self._read()
+            finally:
+                with self._cond:
+                    self._reading = False
+                    if self._sleepers:
+                        self._cond.notify_all()
+
+    # -- stopping -----------------------------------------------------------
+
+    def _interrupt(self):
+        import signal
+        try:
+            if _WINDOWS:
+                os.kill(self.proc.pid, signal.CTRL_BREAK_EVENT)
+            else:
+                os.kill(self.proc.pid, signal.SIGINT)
+        except OSError:
+            pass
+
+    def _send_quietly(self, message):
+        import pickle
+        try:
+            with self._send_lock:
+                self.conn.send_bytes(pickle.dumps(message, self.protocol))
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def _kill(self):
+        if self.proc is not None:
+            _kill_tree(self.proc)
+        if self.conn is not None:
+            self._on_death()
+
+    def _died(self, what):
+        """A WorkerDied for this worker, with its exit status and stderr tail."""
+        import subprocess
+        code = None
+        if self.proc is not None:
+            try:
+                code = self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
+        for t in self._streams:
+            t.join(0.2)
+        signal_number = -code if code is not None and code < 0 else None
+        tail = "\n".join(self._stderr_tail)
+        status = ("killed by signal %d" % signal_number if signal_number else
+                  "exit code %s" % code if code is not None else "still running")
+        return WorkerDied("the worker of environment %r %s (%s)%s" % (
+            self.name, what, status, ":\n" + "\n".join("  " + l for l in self._stderr_tail) if tail else ""),
+            exitcode=code, signal=signal_number, stderr_tail=tail)
+
+    def _on_death(self, reason="died"):
+        """Fail every pending call: the worker is gone."""
+        with self._cond:
+            if self.dead is not None:
+                return
+            self.dead = True                            # placeholder while we collect the status
+        died = self._died(reason)
+        with self._cond:
+            self.dead = died
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
+            self._order.clear()
+            self._futures = self._timed = 0
+            for w in waiters:
+                w.reply = ("died", w.id, died)
+                w.done = True
+            self._cond.notify_all()
+        for w in waiters:
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(CallTimeout("%s timed out; its worker was killed" % self._what(w.what))
+                                       if w.timed_out else died)
+        self._close_handles()
+
+    def _close_handles(self):
+        if self._lifeline is not None:
+            try:
+                os.close(self._lifeline)
+            except OSError:
+                pass
+            self._lifeline = None
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+
+    def close(self):
+        """Ask the worker to exit, wait a grace period, then kill its tree.  Idempotent."""
+        import subprocess
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self.dead is None and self.conn is not None:
+            self._send_quietly(("exit",))
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=_EXIT_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_tree(self.proc)
+        if self.dead is None:
+            with self._cond:
+                waiters = list(self._waiters.values())
+                self._waiters.clear()
+                self.dead = WorkerDied("the worker of environment %r was stopped by exit()" % self.name,
+                                       exitcode=self.proc.returncode if self.proc else None)
+                for w in waiters:
+                    w.reply = ("died", w.id, self.dead)
+                    w.done = True
+                self._cond.notify_all()
+            for w in waiters:
+                if w.future is not None and not w.future.done():
+                    w.future.set_exception(self.dead)
+        self._close_handles()
+        for t in self._streams:
+            t.join(0.5)
+
+
+def _stop_live_workers():
+    for worker in list(_LIVE_WORKERS or ()):
+        try:
+            worker.close()
+        except Exception:
+            pass
+
+
+class _RemoteModule(object):
+    """A module in an environment: each attribute call is one round trip."""
+
+    def __init__(self, env, module, names):
+        object.__setattr__(self, "_env", env)
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_names", names)
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        attribute = _RemoteAttribute(self._env, self._module, name)
+        object.__setattr__(self, name, attribute)       # the next lookup is a plain dict hit
+        return attribute
+
+    def __setattr__(self, name, value):
+        raise AttributeError("remote modules are read-only")
+
+    def __dir__(self):
+        return list(self._names)
+
+    def __repr__(self):
+        return "<remote module %r in environment %r>" % (self._module, self._env.name)
+
+
+class _RemoteAttribute(object):
+    __slots__ = ("_env", "_module", "_path")
+
+    def __init__(self, env, module, path):
+        self._env = env
+        self._module = module
+        self._path = path
+
+    def __call__(self, *args, **kwargs):
+        return self._env.execute(self._module, self._path, args, kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return _RemoteAttribute(self._env, self._module, self._path + "." + name)
+
+    def __repr__(self):
+        return "<remote %s.%s in environment %r>" % (self._module, self._path, self._env.name)
+
+# =============================================================================
 # 16. Command-line interface
 #    A thin adapter: every command is one or two public API calls.
 #    Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.
@@ -3673,6 +4866,16 @@ def _build_parser():
     p.add_argument("name")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("call", help="call a function in an environment and print its result as JSON",
+                       usage="wetlite call NAME MODULE FUNC [JSON_ARG...] [--kwargs JSON]")
+    p.add_argument("name")
+    p.add_argument("module", help="a dotted module name, or a path to a .py file")
+    p.add_argument("function", help="a function (or dotted attribute path) of the module")
+    p.add_argument("json_args", nargs="*", metavar="JSON_ARG", help="positional arguments, each a JSON value")
+    p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
+    p.add_argument("--timeout", type=float, help="seconds before the call is stopped")
+    p.set_defaults(func=_cmd_call)
+
     p = sub.add_parser("script", help="print the script that `run` would execute",
                        usage="wetlite script NAME [--shell bash|powershell] -- CMD [ARGS...]")
     p.add_argument("name")
@@ -3689,6 +4892,9 @@ def _build_parser():
 
     p = sub.add_parser("doctor", help="check that wetlite works here: builds a throwaway environment")
     p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("serve", help="(internal) the executor worker, started by wetlite itself")
+    p.set_defaults(func=lambda args: _serve())
     return parser
 
 
@@ -3761,6 +4967,41 @@ def _cmd_run(args):
         sys.stdout.flush()
 
     return env.run(_command_after_dashes(args), output=echo, check=False).returncode
+
+
+def _json_value(text, what):
+    import json
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SpecError("%s %r is not valid JSON (%s); quote strings, e.g. '\"text\"'" % (what, text, exc))
+
+
+def _cmd_call(args):
+    import json
+    positional = [_json_value(a, "argument") for a in args.json_args]
+    kwargs = _json_value(args.kwargs, "--kwargs") if args.kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise SpecError("--kwargs must be a JSON object such as '{\"sigma\": 2}', not %r" % (args.kwargs,))
+    env = _manager(args).get(args.name)
+    try:
+        result = env.execute(args.module, args.function, positional, kwargs, timeout=args.timeout)
+    except WetliteError:
+        raise
+    except Exception as exc:                # the function itself raised: show where, then fail
+        cause = getattr(exc, "__cause__", None)
+        if isinstance(cause, _RemoteTraceback):
+            _eprint(cause.text.rstrip())
+        raise CommandError("%s.%s raised %s: %s" % (args.module, args.function, type(exc).__name__, exc))
+    finally:
+        env.exit()
+    try:
+        text = json.dumps(result)
+    except (TypeError, ValueError):
+        _eprint("wetlite: warning: the result is not JSON; printing its repr")
+        text = repr(result)
+    print(text)
+    return 0
 
 
 def _cmd_script(args):
@@ -3837,6 +5078,20 @@ def _cmd_doctor(args):
         print("run      %s: a command in it took %.3f s%s" % ("ok" if same else "FAILED", ran,
                                                               "" if same else " (it ran in %s)" % out))
         ok = ok and same
+        start = time.monotonic()
+        env.launch()
+        pid = env.execute("os", "getpid")
+        cold = time.monotonic() - start
+        samples = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            env.execute("os", "getpid")
+            samples.append(time.perf_counter() - t0)
+        samples.sort()
+        worker_ok = pid != os.getpid()
+        print("worker   %s: started and answered in %.3f s; a call round trip takes %.0f us (median of %d)"
+              % ("ok" if worker_ok else "FAILED", cold, samples[len(samples) // 2] * 1e6, len(samples)))
+        ok = ok and worker_ok
         mgr.exit()
     except WetliteError as exc:
         ok = False
@@ -3849,8 +5104,10 @@ def _cmd_doctor(args):
 
 def main(argv=None):
     """Run the wetlite command line with ``argv`` and return its exit status."""
-    parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["serve"]:
+        return _serve()             # the worker's start is a hot path: no argparse
+    parser = _build_parser()
     # Everything after the first "--" is the user's command, passed on verbatim.
     cmd = argv[argv.index("--") + 1:] if "--" in argv else None
     try:

@@ -1,17 +1,25 @@
 #!/usr/bin/env python3
-"""Measure wetlite's hot paths, in one run, and print a table and JSON.
+"""Measure wetlite's hot paths against floors and peers in the same run.
 
-    python scripts/bench.py [--quick] [--json-only]
+    python scripts/bench.py [--quick] [--json-only] [--no-pin]
 
-Measured here:
-  import     `import wetlite`, cumulative, from `python -X importtime`
-             (cached bytecode), median of several runs.
-  reuse      `mgr.create(name, deps)` returning an existing environment: the
-             recipe check, the lock and the record read, no tool call. Timed
-             with a fresh manager each time (the cold path) and with the same
-             manager (the registry path).
+Everything is a ratio to something measured in the same run, on the same
+interpreter, because this machine is shared and noisy:
 
-The machine is shared and noisy: every figure is a median over many runs.
+  import     `import wetlite`, cumulative (python -X importtime, cached
+             bytecode), median of several runs; goal <= 10 ms.
+  reuse      `mgr.create(name, deps)` returning an existing environment (the
+             recipe check, lock and record read; no tool call); goal <= 20 ms.
+  call       a trivial call's round trip through `env.execute`, and through
+             an `import_module` proxy, against a bare multiprocessing.connection
+             ping-pong (the floor) and execnet / rpyc when installed.  Medians
+             and p99 over many calls, in alternating rounds, with both
+             processes pinned to one CPU.  Goals: execute <= 1.3x the floor,
+             proxy <= 1.1x execute.
+  pipeline   calls/s with `submit` keeping many calls in flight, against
+             sequential `execute`.
+  cold       launch to first result, against a bare `python -c "import
+             wetlite"` of the same interpreter; goal <= 2x.
 """
 import argparse
 import json
@@ -27,6 +35,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import wetlite  # noqa: E402
+
+FLOOR_SERVER = r"""
+import sys
+from multiprocessing.connection import Client
+conn = Client(sys.argv[1], "AF_UNIX", authkey=bytes.fromhex(sys.argv[2]))
+while True:
+    try:
+        conn.send(conn.recv())
+    except EOFError:
+        break
+"""
+
+
+def pct(samples, q):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def bench_import(runs):
@@ -48,56 +72,194 @@ def bench_import(runs):
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def bench_reuse(runs):
-    root = tempfile.mkdtemp(prefix="wetlite-bench-")
+def bench_reuse(root, runs):
+    deps = {"pip": ["wetlite-bench-not-on-the-host>=1"]}
+    mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+    recipe = mgr._recipe(deps, None)
+    # A venv plus the record create() writes: the bench measures reuse, not pip.
+    prefix = os.path.join(root, "envs", "reuse")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", prefix], check=True)
+    wetlite._write_json(mgr._record_path("reuse"), {
+        "name": "reuse", "tool": "venv", "dir": prefix, "prefix": prefix, "manifest": None,
+        "python": wetlite._env_python(prefix, "venv"), "recipe_hash": recipe["hash"],
+        "recipe": recipe["identity"], "state": "ready", "python_version": "%d.%d.%d" % sys.version_info[:3]})
+    cold, warm = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        env = wetlite.EnvironmentManager(root=root, tool="venv").create("reuse", deps)
+        cold.append((time.perf_counter() - start) * 1000)
+        assert env.path == prefix
+    for _ in range(runs):
+        start = time.perf_counter()
+        mgr.create("reuse", deps)
+        warm.append((time.perf_counter() - start) * 1000)
+    return {"fresh_manager_median_ms": statistics.median(cold), "fresh_manager_p90_ms": pct(cold, 0.9),
+            "same_manager_median_ms": statistics.median(warm), "runs": runs}
+
+
+def start_floor(python):
+    from multiprocessing.connection import Listener
+    key = os.urandom(32)
+    sock_dir = tempfile.mkdtemp(prefix="wetlite-bench-")
+    address = os.path.join(sock_dir, "floor.sock")
+    listener = Listener(address, "AF_UNIX", authkey=key)
+    proc = subprocess.Popen([python, "-c", FLOOR_SERVER, address, key.hex()])
+    conn = listener.accept()
+    listener.close()
+    shutil.rmtree(sock_dir, ignore_errors=True)
+    return proc, conn
+
+
+def start_execnet(python):
     try:
-        deps = {"pip": ["wetlite-bench-not-on-the-host>=1"]}
-        mgr = wetlite.EnvironmentManager(root=root, tool="venv")
-        recipe = mgr._recipe(deps, None)
-        # Build the environment without pip (the bench measures reuse, not pip):
-        # a venv plus the record that create() writes.
-        prefix = os.path.join(root, "envs", "bench")
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", prefix], check=True)
-        wetlite._write_json(mgr._record_path("bench"), {
-            "name": "bench", "tool": "venv", "dir": prefix, "prefix": prefix, "manifest": None,
-            "python": wetlite._env_python(prefix, "venv"), "recipe_hash": recipe["hash"],
-            "recipe": recipe["identity"], "state": "ready", "python_version": "%d.%d.%d" % sys.version_info[:3]})
-        cold, warm = [], []
-        for _ in range(runs):
-            start = time.perf_counter()
-            env = wetlite.EnvironmentManager(root=root, tool="venv").create("bench", deps)
-            cold.append((time.perf_counter() - start) * 1000)
-            assert env.path == prefix
-        for _ in range(runs):
-            start = time.perf_counter()
-            mgr.create("bench", deps)
-            warm.append((time.perf_counter() - start) * 1000)
-        return {"cold_median_ms": statistics.median(cold), "cold_p90_ms": sorted(cold)[int(runs * 0.9) - 1],
-                "warm_median_ms": statistics.median(warm), "runs": runs}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        import execnet
+    except ImportError:
+        return None
+    gateway = execnet.makegateway("popen//python=%s" % python)
+    channel = gateway.remote_exec("while 1:\n    channel.send(channel.receive())")
+    return gateway, channel
+
+
+def start_rpyc():
+    try:
+        import rpyc
+    except ImportError:
+        return None
+    try:
+        return rpyc.classic.connect_subproc()
+    except Exception:
+        return None
+
+
+def timed(fn, n):
+    samples = []
+    perf = time.perf_counter
+    for _ in range(n):
+        start = perf()
+        fn()
+        samples.append(perf() - start)
+    return samples
+
+
+def bench_calls(env, rounds, per_round):
+    floor_proc, floor = start_floor(env.python)
+    execnet_peer = start_execnet(env.python)
+    rpyc_conn = start_rpyc()
+    env.launch()
+    proxy = env.import_module("builtins")
+    message = ("call", 1, "builtins", "abs", b"x" * 20)
+    runners = {
+        "floor": lambda: (floor.send(message), floor.recv()),
+        "execute": lambda: env.execute("builtins", "abs", (-1,)),
+        "proxy": lambda: proxy.abs(-1),
+    }
+    if execnet_peer is not None:
+        channel = execnet_peer[1]
+        runners["execnet"] = lambda: (channel.send(message), channel.receive())
+    if rpyc_conn is not None:
+        remote_abs = rpyc_conn.modules.builtins.abs
+        runners["rpyc"] = lambda: remote_abs(-1)
+    samples = {name: [] for name in runners}
+    for name, fn in runners.items():
+        timed(fn, per_round)                        # warm up
+    for _ in range(rounds):
+        for name, fn in runners.items():            # alternate, so drift hits everyone alike
+            samples[name].extend(timed(fn, per_round))
+    floor.close()
+    floor_proc.wait()
+    if execnet_peer is not None:
+        execnet_peer[0].exit()
+    if rpyc_conn is not None:
+        rpyc_conn.close()
+    result = {name: {"median_us": statistics.median(s) * 1e6, "p99_us": pct(s, 0.99) * 1e6, "calls": len(s)}
+              for name, s in samples.items()}
+    base = result["floor"]["median_us"]
+    for name in result:
+        result[name]["x_floor"] = result[name]["median_us"] / base
+    result["proxy"]["x_execute"] = result["proxy"]["median_us"] / result["execute"]["median_us"]
+    return result
+
+
+def bench_pipeline(env, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        env.execute("builtins", "abs", (-1,))
+    sequential = calls / (time.perf_counter() - start)
+    start = time.perf_counter()
+    futures = [env.submit("builtins", "abs", (-1,)) for _ in range(calls)]
+    for f in futures:
+        f.result()
+    pipelined = calls / (time.perf_counter() - start)
+    return {"sequential_calls_per_s": sequential, "submit_calls_per_s": pipelined,
+            "x_sequential": pipelined / sequential, "calls": calls}
+
+
+def bench_cold(env, runs):
+    runtime = wetlite._runtime_dir(env.manager.root)
+    bare_env = dict(os.environ, PYTHONPATH=runtime)
+    bare, cold = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([env.python, "-c", "import wetlite"], env=bare_env, check=True)
+        bare.append(time.perf_counter() - start)
+        env.exit()
+        start = time.perf_counter()
+        env.launch()
+        env.execute("builtins", "abs", (-1,))
+        cold.append(time.perf_counter() - start)
+    return {"bare_import_median_ms": statistics.median(bare) * 1000,
+            "launch_to_first_result_median_ms": statistics.median(cold) * 1000,
+            "x_bare": statistics.median(cold) / statistics.median(bare), "runs": runs}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs")
     parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the processes to one CPU")
     args = parser.parse_args()
-    runs = 5 if args.quick else 15
-    results = {
-        "python": "%d.%d.%d" % sys.version_info[:3],
-        "wetlite": wetlite.__version__,
-        "import": bench_import(runs),
-        "reuse": bench_reuse(runs * 10),
-    }
+    scale = 1 if args.quick else 4
+    pinned = False
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})     # children inherit it
+        pinned = True
+    root = tempfile.mkdtemp(prefix="wetlite-bench-")
+    try:
+        results = {"python": "%d.%d.%d" % sys.version_info[:3], "wetlite": wetlite.__version__, "pinned": pinned,
+                   "import": bench_import(5 * scale), "reuse": bench_reuse(root, 50 * scale)}
+        mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+        env = mgr.create("bench", force_external=True)
+        results["call"] = bench_calls(env, rounds=5 * scale, per_round=500)
+        results["pipeline"] = bench_pipeline(env, 2000 * scale)
+        results["cold"] = bench_cold(env, 5 * scale)
+        mgr.exit()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     if not args.json_only:
-        print("%-34s %10s" % ("measure", "value"))
-        print("%-34s %8.2f ms  (goal <= 10 ms)" % ("import wetlite (median, cumulative)", results["import"]["median_ms"]))
-        print("%-34s %8.2f ms  (goal <= 20 ms)" % ("create() reuse, fresh manager", results["reuse"]["cold_median_ms"]))
-        print("%-34s %8.2f ms" % ("create() reuse, fresh manager p90", results["reuse"]["cold_p90_ms"]))
-        print("%-34s %8.2f ms" % ("create() reuse, same manager", results["reuse"]["warm_median_ms"]))
+        call = results["call"]
+        rows = [
+            ("import wetlite (cumulative)", "%.2f ms" % results["import"]["median_ms"], "goal <= 10 ms"),
+            ("create() reuse, fresh manager", "%.2f ms" % results["reuse"]["fresh_manager_median_ms"], "goal <= 20 ms"),
+            ("create() reuse, same manager", "%.2f ms" % results["reuse"]["same_manager_median_ms"], ""),
+        ]
+        for name in ("floor", "execute", "proxy", "execnet", "rpyc"):
+            if name in call:
+                rows.append(("round trip: %s (median / p99)" % name,
+                             "%.1f / %.1f us" % (call[name]["median_us"], call[name]["p99_us"]),
+                             "%.2fx floor" % call[name]["x_floor"]))
+        rows.append(("proxy / execute", "%.2fx" % call["proxy"]["x_execute"], "goal <= 1.1x"))
+        rows.append(("execute / floor", "%.2fx" % call["execute"]["x_floor"], "goal <= 1.3x"))
+        p = results["pipeline"]
+        rows.append(("submit pipelining", "%.0f calls/s" % p["submit_calls_per_s"],
+                     "%.2fx sequential (%.0f/s)" % (p["x_sequential"], p["sequential_calls_per_s"])))
+        c = results["cold"]
+        rows.append(("cold start to first result", "%.1f ms" % c["launch_to_first_result_median_ms"],
+                     "%.2fx bare import (%.1f ms); goal <= 2x" % (c["x_bare"], c["bare_import_median_ms"])))
+        width = max(len(r[0]) for r in rows)
+        for label, value, note in rows:
+            print("%-*s  %18s  %s" % (width, label, value, note))
         print()
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -89,3 +89,17 @@ def test_main_leaves_logging_as_it_found_it(capsys, tmp_path):
     assert wetlite.main(["-v", "--root", str(tmp_path), "--tool", "venv", "list"]) == 0
     assert wetlite.main(["--root", str(tmp_path), "--tool", "venv", "run", "missing", "--", "x"]) == 1
     assert (list(logger.handlers), logger.level, logger.propagate) == before
+
+
+def test_call_prints_json(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "add", "2", "40")
+    assert (code, out) == (0, "42\n")
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "json", "dumps", '{"a": [1, 2]}',
+                              "--kwargs", '{"sort_keys": true}')
+    assert code == 0 and json.loads(out) == '{"a": [1, 2]}'
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "builtins", "frozenset", "[3]")
+    assert code == 0 and out == "frozenset({3})\n" and "not JSON" in err
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "add", "2", "oops")
+    assert code == 1 and "'oops'" in err and "JSON" in err
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "truediv", "1", "0")
+    assert code == 1 and "ZeroDivisionError" in err

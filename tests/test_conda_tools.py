@@ -1,0 +1,204 @@
+"""micromamba and pixi environments through wetlite, against the stand-ins and a local channel.
+
+The stand-ins (tests/stand_ins/) accept the real tools' syntax for what
+wetlite calls and refuse anything else with exit 2, so these tests check that
+wetlite calls the tools the way the real ones expect.
+"""
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from conftest import file_url, install_stand_in, make_wheel, wetlite
+
+HOST_XY = "%d.%d" % sys.version_info[:2]
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("CONDARC", "MAMBARC", "CONDA_PREFIX", "MAMBA_ROOT_PREFIX", "PIXI_IN_SHELL"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("wheels")
+    make_wheel(directory, "wetlite-test-pip", "1.0")
+    return str(directory)
+
+
+def manager(tmp_path, tool, channel, **kwargs):
+    exe = install_stand_in(tmp_path / "tools", tool)
+    return wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool=tool, tool_path=exe, channels=[channel],
+                                      **kwargs)
+
+
+def hello(env, module="wetlite_demo"):
+    code = "import %s, sys; print(%s.hello()); print(sys.prefix)" % (module, module)
+    return env.run([["python", "-c", code]]).stdout.strip().splitlines()
+
+
+# --- micromamba ------------------------------------------------------------------
+
+def test_micromamba_create_install_list_run_remove(tmp_path, isolated_home, local_channel, wheels):
+    phases = []
+    mgr = manager(tmp_path, "micromamba", local_channel, progress=lambda phase, line: phases.append((phase, line)))
+    env = mgr.create("mm", {"conda": ["wetlite-demo=0.1.0"],
+                            "pip": ["--no-index", "--find-links " + wheels, "wetlite-test-pip"]},
+                     force_external=True)
+    assert env.tool == "micromamba" and env.path == os.path.join(mgr.root, "envs", "mm")
+    greeting, prefix = hello(env)
+    assert greeting == "hello world from wetlite-demo 0.1.0"
+    assert os.path.realpath(prefix) == os.path.realpath(env.path)
+    assert hello(env, "wetlite_test_pip")[0] == "hello from wetlite-test-pip 1.0"
+    # Phases are announced as they start, in order.
+    started = [phase for phase, line in phases if line is None]
+    assert started[0] == "solve" and "pip" in started and started.index("solve") < started.index("pip")
+    assert any(line and "Linking" in line for phase, line in phases)
+    # conda-meta written by the tool; the history records wetlite's exact command line.
+    with open(os.path.join(env.path, "conda-meta", "history")) as f:
+        history = f.read()
+    assert "create -y -p " + env.path in history and "--override-channels -c " + local_channel in history
+    assert "--rc-file " + os.path.join(mgr.root, ".mambarc") in history
+
+    env.install({"conda": ["wetlite-extra"]})
+    packages = {p["name"]: p for p in env.packages()}
+    assert packages["wetlite-demo"]["version"] == "0.1.0" and packages["wetlite-demo"]["kind"] == "conda"
+    assert "wetlite-extra" in packages and packages["wetlite-test-pip"]["kind"] == "pypi"
+    assert os.access(os.path.join(env.path, "bin", "wetlite-extra"), os.X_OK)
+    assert env.run(["command -v wetlite-extra"]).stdout.strip() == os.path.join(env.path, "bin", "wetlite-extra")
+
+    mgr.remove("mm")
+    assert not os.path.exists(env.path) and mgr.list() == []
+
+
+def test_micromamba_never_touches_shared_channel_config(tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, "micromamba", local_channel)
+    mgr.create("a", {"conda": ["wetlite-demo"], "channels": [local_channel]}, force_external=True)
+    with open(os.path.join(mgr.root, ".mambarc")) as f:
+        rc = f.read()
+    assert local_channel not in rc and "channels:" not in rc.replace("# Channels", "")
+
+
+def test_micromamba_no_deps_and_missing_package(tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, "micromamba", local_channel)
+    env = mgr.create("nd", {"conda": [{"name": "wetlite-extra", "dependencies": False}]}, force_external=True)
+    assert "wetlite-extra" in {p["name"] for p in env.packages()}
+    with pytest.raises(wetlite.CommandError) as info:
+        mgr.create("missing", {"conda": ["wetlite-does-not-exist"]}, force_external=True)
+    assert info.value.returncode == 1
+    assert "wetlite-does-not-exist" in info.value.output_tail
+    assert not os.path.exists(os.path.join(mgr.root, "envs", "missing"))
+    assert [e["name"] for e in mgr.list()] == ["nd"]
+
+
+def test_micromamba_environment_yml(tmp_path, isolated_home, local_channel, wheels):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "environment.yml").write_text(textwrap.dedent("""\
+        name: ignored
+        channels:
+          - %s
+        dependencies:
+          - python=%s
+          - wetlite-demo=0.2.0
+          - pip
+          - pip:
+            - --no-index
+            - --find-links %s
+            - wetlite-test-pip
+        """ % (local_channel, HOST_XY, wheels)))
+    mgr = manager(tmp_path, "micromamba", local_channel)
+    env = mgr.create("yml", config=str(project / "environment.yml"), force_external=True)
+    assert hello(env)[0] == "hello world from wetlite-demo 0.2.0"
+    assert hello(env, "wetlite_test_pip")[0] == "hello from wetlite-test-pip 1.0"
+
+
+def test_micromamba_worker_runs_activated(tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, "micromamba", local_channel)
+    env = mgr.create("w", {"conda": ["wetlite-demo"]}, force_external=True)
+    with env:
+        assert env.execute("wetlite_demo", "hello", ("worker",)).startswith("hello worker")
+        assert env.execute("os", "getenv", ("CONDA_PREFIX",)) == env.path
+        path = env.execute("os", "getenv", ("PATH",)).split(os.pathsep)
+        assert path[0] == os.path.join(env.path, "bin")
+    record = json.load(open(os.path.join(mgr.root, "state", "envs", "w.json")))
+    assert record["activation"]["set"]["CONDA_PREFIX"] == env.path
+
+
+# --- pixi --------------------------------------------------------------------------
+
+def test_pixi_create_install_list_run(tmp_path, isolated_home, local_channel, wheels):
+    mgr = manager(tmp_path, "pixi", local_channel)
+    wheel = os.path.join(wheels, "wetlite_test_pip-1.0-py3-none-any.whl")
+    env = mgr.create("px", {"conda": ["wetlite-demo=0.1.0"],
+                            "pip": ["wetlite-test-pip @ " + file_url(wheel),
+                                    'never-installed ; python_version < "3"']}, force_external=True)
+    assert env.tool == "pixi"
+    assert env.manifest == os.path.join(mgr.root, "workspaces", "px", "pixi.toml")
+    assert env.path == os.path.join(mgr.root, "workspaces", "px", ".pixi", "envs", "default")
+    with open(env.manifest) as f:
+        manifest = f.read()
+    assert local_channel in manifest and "wetlite-demo" in manifest and "wetlite-test-pip" in manifest
+    assert "never-installed" not in manifest          # its marker is false for any python 3
+    greeting, prefix = hello(env)
+    assert greeting == "hello world from wetlite-demo 0.1.0"
+    assert os.path.realpath(prefix) == os.path.realpath(env.path)
+    env.install({"conda": ["wetlite-extra"]})
+    names = {p["name"]: p["kind"] for p in env.packages()}
+    assert names.get("wetlite-extra") == "conda" and names.get("wetlite-test-pip") == "pypi"
+    with env:
+        assert env.execute("os", "getenv", ("CONDA_PREFIX",)) == env.path
+    mgr.remove("px")
+    assert not os.path.exists(os.path.dirname(env.manifest))
+
+
+def test_pixi_refuses_what_it_cannot_do(tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, "pixi", local_channel)
+    with pytest.raises(wetlite.SpecError, match="'wetlite-demo'"):
+        mgr.create("nd", {"conda": [{"name": "wetlite-demo", "dependencies": False}]}, force_external=True)
+    with pytest.raises(wetlite.SpecError, match="--index-url"):
+        mgr.create("opt", {"pip": ["--index-url https://example.invalid/simple"]}, force_external=True)
+    assert not os.path.exists(mgr.root)
+
+
+def test_pixi_manifest_config(tmp_path, isolated_home, local_channel):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pixi.toml").write_text(textwrap.dedent("""\
+        [workspace]
+        name = "mine"
+        channels = ["%s"]
+        platforms = ["%s"]
+
+        [dependencies]
+        python = "%s.*"
+        wetlite-demo = "==0.2.0"
+        """ % (local_channel, wetlite._conda_subdir(*wetlite._platform_id()), HOST_XY)))
+    mgr = manager(tmp_path, "pixi", local_channel)
+    env = mgr.create("cfg", config=str(project / "pixi.toml"), force_external=True)
+    assert hello(env)[0] == "hello world from wetlite-demo 0.2.0"
+    # The user's file was copied, not edited in place.
+    assert "wetlite-demo = \"==0.2.0\"" in (project / "pixi.toml").read_text()
+    assert os.path.isfile(os.path.join(mgr.root, "workspaces", "cfg", "pixi.toml"))
+    # Same config, same recipe: reused without calling the tool.
+    again = wetlite.EnvironmentManager(root=mgr.root, tool="pixi", tool_path=mgr.tool_path, channels=[local_channel])
+    assert again.create("cfg", config=str(project / "pixi.toml"), force_external=True).path == env.path
+
+
+def test_tool_is_only_called_with_supported_syntax(tmp_path, isolated_home, local_channel):
+    """The stand-ins exit 2 on anything they do not know: a full cycle must never hit that."""
+    for tool in ("micromamba", "pixi"):
+        mgr = manager(tmp_path / tool, tool, local_channel)
+        env = mgr.create("cycle", {"conda": ["wetlite-demo"]}, force_external=True)
+        env.install({"conda": ["wetlite-extra"]})
+        env.packages()
+        assert "stand-in" not in env.run(["true"]).stdout
+        log = open(os.path.join(mgr.root, "state", "logs", "cycle.log")).read()
+        assert "unsupported" not in log

@@ -1027,13 +1027,17 @@ _MAMBARC_TEXT = """\
 # Channels are given on each command line, never here.  Add settings your
 # network needs (proxy_servers, ssl_verify, ...), as in any .mambarc.
 channel_priority: flexible
+# The package cache stays under this root, not in ~/.mamba.
+pkgs_dirs: [%s]
 """
 
 
 def _ensure_mambarc(root):
+    import json
     path = os.path.join(root, ".mambarc")
     if not os.path.exists(path):
-        _atomic_write(path, _MAMBARC_TEXT)
+        # A JSON string is a valid YAML flow scalar, whatever the path holds.
+        _atomic_write(path, _MAMBARC_TEXT % json.dumps(os.path.join(root, "pkgs")))
     return path
 
 
@@ -4462,7 +4466,11 @@ class _Worker(object):
         if future is not None:
             self._ensure_pump()
             return future
-        self._wait(waiter)
+        try:
+            self._wait(waiter)
+        except BaseException:
+            self._kill()                        # interrupted mid-call, as in _fast_reply
+            raise
         return self._result(waiter)
 
     def _fast_reply(self, call_id, what):
@@ -4472,6 +4480,12 @@ class _Worker(object):
             reply = pickle.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
             pass
+        except BaseException:
+            # Interrupted (Ctrl-C) mid-call: the worker still runs it and the
+            # connection may hold half a message.  Stop it; the next call
+            # starts a fresh one.
+            self._kill()
+            raise
         finally:
             with self._lock:
                 self._reading = False
@@ -4746,7 +4760,10 @@ class _Worker(object):
             self._closed = True
             self._cond.notify_all()
         if self.dead is None and self.conn is not None:
+            busy = bool(self._waiters)
             self._send_quietly(("exit",))
+            if busy:
+                self._interrupt()               # let a running call end before the exit is read
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=_EXIT_GRACE)
@@ -4839,6 +4856,8 @@ def _build_parser():
     parser.add_argument("--root", help="where tools and environments live (default: $%s or the user data dir)"
                         % _ENV_ROOT)
     parser.add_argument("--tool", choices=_TOOLS, help="pixi, micromamba or venv (default: $%s or pixi)" % _ENV_TOOL)
+    parser.add_argument("--tool-version", metavar="TAG", help="tool release to use (default: the pinned one, %s or %s)"
+                        % (PIXI_VERSION, MICROMAMBA_VERSION))
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -4899,7 +4918,7 @@ def _build_parser():
 
 
 def _manager(args):
-    return EnvironmentManager(root=args.root, tool=args.tool)
+    return EnvironmentManager(root=args.root, tool=args.tool, tool_version=args.tool_version)
 
 
 def _configure_cli_logging(level):

@@ -3172,11 +3172,13 @@ class Environment(object):
             worker.close()
 
     def _worker_argv(self):
-        return [self.python, "-u", "-m", "wetlite", "serve"]
+        # The runtime copy is run by path, not with -m: -m puts the cwd ahead
+        # of PYTHONPATH, so a wetlite.py in the host's cwd would run instead.
+        # Run by path, sys.path[0] is the private runtime dir itself.
+        return [self.python, "-u", os.path.join(_runtime_dir(self.manager.root), "wetlite.py"), "serve"]
 
     def _worker_environ(self):
         env = _apply_activation(_child_environ(scrub_tools=True), self._activation_environ())
-        env["PYTHONPATH"] = _runtime_dir(self.manager.root)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -3810,9 +3812,9 @@ def _json_dumps(obj):
 # =============================================================================
 # 13. Executor protocol
 #
-#    The host starts `python -u -m wetlite serve` with the environment's
-#    interpreter; PYTHONPATH holds only a private runtime dir with a copy of
-#    the host's own wetlite.py.  The host listens on a fresh AF_UNIX socket
+#    The host starts `python -u {runtime}/wetlite.py serve` with the
+#    environment's interpreter, {runtime} being a private dir that holds a
+#    copy of the host's own wetlite.py, named by its hash.  The host listens on a fresh AF_UNIX socket
 #    in a 0700 dir (AF_PIPE on Windows, 127.0.0.1 TCP as a last resort) with
 #    a fresh 32-byte authkey; address and key reach the worker through its
 #    environment, never argv.  multiprocessing.connection authenticates both
@@ -3917,6 +3919,8 @@ def _rebuild_error(info, what):
 
 class _WorkerState(object):
     in_call = False
+    pool = None                 # this worker's shared-memory segments (results)
+    cache = None                # the host's segments it has attached (arguments)
     path_modules = {}           # absolute path -> (mtime_ns, size, module)
     resolved = {}               # (module name, function) -> (module, object): the hot path
 
@@ -3942,22 +3946,28 @@ def _serve():
         address = (host, int(port))
     conn = Client(address, family=family, authkey=bytes.fromhex(key_hex))
     conn.send_bytes(pickle.dumps(("hello", PROTOCOL_VERSION, __version__, "%d.%d.%d" % sys.version_info[:3],
-                                  pickle.HIGHEST_PROTOCOL, os.getpid()), 2))
+                                  pickle.HIGHEST_PROTOCOL, os.getpid(), _shm_available()), 2))
     reply = pickle.loads(conn.recv_bytes())
     protocol = reply[1]
+    if len(reply) > 2 and reply[2]:
+        _WorkerState.pool = _ShmPool(reply[2])
+        _WorkerState.cache = _ShmCache()
     try:
-        _serve_loop(conn, protocol)
+        _serve_loop(conn, protocol, _WorkerState.pool, _WorkerState.cache)
     finally:
         conn.close()
+        if _WorkerState.pool is not None:
+            _WorkerState.pool.close()
+            _WorkerState.cache.close()
     return 0
 
 
 def _scrub_worker_paths():
-    # The runtime dir on PYTHONPATH found this file; processes the user's code
-    # starts must not inherit it.  `-m` also put the cwd first on sys.path:
-    # the host's script dir is not the environment's business.
-    os.environ.pop("PYTHONPATH", None)
-    if sys.path and sys.path[0] in ("", os.getcwd()):
+    # This file ran by path from the private runtime dir, which Python put
+    # first on sys.path.  Drop it: the environment's own packages come first,
+    # and nothing of the host (its cwd, its script dir) is on the path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
         del sys.path[0]
 
 
@@ -3978,6 +3988,8 @@ def _watch_host(lifeline, host_pid):
             pass
     else:
         return
+    if _WorkerState.pool is not None:
+        _WorkerState.pool.close()           # nobody else would unlink them now
     if not _WINDOWS:
         import signal
         try:
@@ -4008,7 +4020,7 @@ def _readable_now(conn):
     return bool(select.select([conn.fileno()], [], [], 0)[0])
 
 
-def _serve_loop(conn, protocol):
+def _serve_loop(conn, protocol, pool=None, cache=None):
     import collections
     import pickle
     dumps, loads = pickle.dumps, pickle.loads
@@ -4025,6 +4037,8 @@ def _serve_loop(conn, protocol):
             if message[0] == "cancel":
                 cancels = cancels or set()
                 cancels.add(message[1])
+            elif message[0] == "release":
+                pool.release(message[1])
             else:
                 queue.append(message)
         if cancels:
@@ -4041,34 +4055,47 @@ def _serve_loop(conn, protocol):
         op = message[0]
         if op == "exit":
             for dropped in queue:
-                if len(dropped) > 1:
+                if len(dropped) > 1 and dropped[0] not in ("release", "cancel"):
                     conn.send_bytes(dumps(("cancelled", dropped[1]), protocol))
             return
         if op == "cancel":
             continue                            # its call already ran or is unknown
-        call_id = message[1]
-        stage = "arguments"
-        try:
-            if op in ("call", "script"):
-                args, kwargs = loads(message[-1])
-                stage = "call"
-                if op == "call":
-                    result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
-                else:
-                    result = _call_on_main_thread(_run_script, (message[2],) + tuple(args), kwargs)
-            elif op == "dir":
-                stage = "call"
-                result = sorted(n for n in dir(_resolve(message[2], None)) if not n.startswith("__"))
+        if op == "release":
+            pool.release(message[1])
+            continue
+        conn.send_bytes(_handle(message, protocol, pool, cache))
+
+
+def _handle(message, protocol, pool, cache):
+    """Run one request; return the pickled reply."""
+    import pickle
+    op, call_id = message[0], message[1]
+    stage = "arguments"
+    try:
+        if op in ("call", "script"):
+            payload = message[-1]
+            if type(payload) is tuple:
+                args, kwargs = _loads_payload(payload, cache)
             else:
-                raise ProtocolError("unknown request %r" % (op,))
-            stage = "result"
-            reply = dumps(("ok", call_id, dumps(result, protocol)), protocol)
-        except BaseException as exc:
-            info = _error_info(exc, protocol)
-            if stage != "call":
-                info["stage"] = stage
-            reply = dumps(("err", call_id, info), protocol)
-        conn.send_bytes(reply)
+                args, kwargs = pickle.loads(payload)
+            stage = "call"
+            if op == "call":
+                result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
+            else:
+                result = _call_on_main_thread(_run_script, (message[2],) + tuple(args), kwargs)
+        elif op == "dir":
+            stage = "call"
+            result = sorted(n for n in dir(_resolve(message[2], None)) if not n.startswith("__"))
+        else:
+            raise ProtocolError("unknown request %r" % (op,))
+        stage = "result"
+        reply = ("ok", call_id, _dumps_payload(result, protocol, pool))
+    except BaseException as exc:
+        info = _error_info(exc, protocol)
+        if stage != "call":
+            info["stage"] = stage
+        reply = ("err", call_id, info)
+    return pickle.dumps(reply, protocol)
 
 
 def _call_on_main_thread(func, args, kwargs):
@@ -4160,6 +4187,341 @@ def _run_script(path, *args, **kwargs):
         sys.argv = saved
     return None
 
+# --- Large buffers through shared memory --------------------------------------
+#
+#    With pickle protocol 5 on both sides and multiprocessing.shared_memory
+#    available, a buffer of at least _SHM_THRESHOLD bytes (a NumPy array, a
+#    large bytes, bytearray or memoryview) travels out of band: the sender
+#    copies it into a segment of its own pool and sends ("shm", pickle, refs)
+#    instead of bytes, refs being (segment name, size, kind).  Each segment
+#    has one owner, which alone unlinks it.  Segments are reused from call
+#    to call, because faulting in fresh pages costs more than the copy.
+#
+#    - The receiver copies each buffer out into memory it owns before it
+#      answers (arguments and results are ordinary objects, never views of
+#      a segment that will be reused), so a segment is free again as soon
+#      as its message is answered: arguments when the reply arrives,
+#      results when the host sends ("release", names).
+#    - Kinds: "copy" (rebuilt as bytes/bytearray, which copy anyway: the
+#      receiver hands them the segment), "own" and "keep" (anything else,
+#      e.g. NumPy, which keeps a reference to its buffer: an owned copy).
+#    No shared memory (Python < 3.8, a tiny /dev/shm, WETLITE_SHM=0): every
+#    buffer goes in-band, and calls still work.
+
+_SHM_THRESHOLD = 1 << 20        # bytes; see scripts/bench.py "shm threshold" for the measurement
+_SHM_POOL_LIMIT = 1 << 30       # free segment bytes a pool keeps mapped for reuse
+_ENV_SHM = "WETLITE_SHM"        # "0" turns shared memory off
+
+
+def _shm_available():
+    """Can this interpreter use out-of-band buffers in shared memory?"""
+    if os.environ.get(_ENV_SHM, "1") == "0":
+        return False
+    try:
+        import pickle
+        from multiprocessing import shared_memory     # noqa: F401 (3.8+)
+        return hasattr(pickle, "PickleBuffer")
+    except ImportError:
+        return False
+
+
+def _shm_open(name, size=0):
+    """Create (size > 0) or attach a SharedMemory that the resource tracker ignores.
+
+    wetlite unlinks what it owns itself, even after a peer crashed; the
+    tracker would unlink (and warn about) blocks it does not own.
+    """
+    from multiprocessing import shared_memory
+    try:
+        return shared_memory.SharedMemory(name=name, create=size > 0, size=size, track=False)
+    except TypeError:
+        pass
+    # Breakpoint: `track=False` is 3.13+.  Before, every SharedMemory
+    # registers with the tracker: take it back.  Delete when the floor is 3.13.
+    shm = shared_memory.SharedMemory(name=name, create=size > 0, size=size)
+    if not _WINDOWS:
+        from multiprocessing import resource_tracker
+        resource_tracker.unregister(shm._name, "shared_memory")
+    return shm
+
+
+def _shm_unlink(shm):
+    """Close and unlink a segment without telling the resource tracker."""
+    try:
+        shm.close()
+    except BufferError:
+        pass                    # a view of it is still alive; the memory goes with it
+    if _WINDOWS:
+        return                  # a Windows mapping ends with its last handle
+    try:
+        import _posixshmem
+        _posixshmem.shm_unlink(getattr(shm, "_name", "/" + shm.name))
+    except (ImportError, OSError):
+        pass
+
+
+def _shm_space_for(size):
+    """Is there room for ``size`` more bytes of shared memory?  (A full
+    /dev/shm would kill the writer with SIGBUS instead of raising.)"""
+    if not hasattr(os, "statvfs") or not os.path.isdir("/dev/shm"):
+        return True
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return True
+    return st.f_bavail * st.f_frsize >= size + (16 << 20)
+
+
+class _ShmPool(object):
+    """The segments one side owns: taken for a message, released, reused, unlinked."""
+
+    def __init__(self, prefix):
+        import threading
+        self.prefix = prefix
+        self.lock = threading.RLock()       # the host takes and releases from several threads
+        self._count = 0
+        self.free = []
+        self.busy = {}          # name -> SharedMemory in use by a message in flight
+
+    def take(self, size):
+        """A segment of at least ``size`` bytes, or None (then the caller goes in-band)."""
+        with self.lock:
+            return self._take(size)
+
+    def _take(self, size):
+        best = None
+        for shm in self.free:
+            if shm.size >= size and (best is None or shm.size < best.size):
+                best = shm
+        if best is not None and best.size <= 4 * size + (1 << 20):
+            self.free.remove(best)
+        else:
+            capacity = 1 << max(20, (size - 1).bit_length())
+            if not _shm_space_for(capacity):
+                _log().debug("not enough shared memory for %d bytes: sending in-band", size)
+                return None
+            self._count += 1
+            name = "%s_%d" % (self.prefix, self._count)
+            try:
+                best = _shm_open(name, capacity)
+            except (OSError, ValueError) as exc:
+                _log().debug("cannot create shared memory %s (%s): sending in-band", name, exc)
+                return None
+        self.busy[best.name] = best
+        return best
+
+    def release(self, names):
+        with self.lock:
+            self._release(names)
+
+    def _release(self, names):
+        for name in names:
+            shm = self.busy.pop(name, None)
+            if shm is not None:
+                self.free.append(shm)
+        while sum(s.size for s in self.free) > _SHM_POOL_LIMIT:
+            self._unlink(self.free.pop(0))
+
+    def close(self):
+        with self.lock:
+            for shm in self.free + list(self.busy.values()):
+                self._unlink(shm)
+            self.free, self.busy = [], {}
+
+    _unlink = staticmethod(_shm_unlink)
+
+
+class _ShmCache(object):
+    """The other side's segments, attached once and kept mapped (no page faults next time)."""
+
+    def __init__(self):
+        self.maps = {}
+
+    def view(self, name, size):
+        shm = self.maps.get(name)
+        if shm is None:
+            shm = self.maps[name] = _shm_open(name)
+        return shm.buf[:size]
+
+    def close(self, unlink=False):
+        for shm in self.maps.values():
+            if unlink:          # the owner died: its segments are ours to free
+                _shm_unlink(shm)
+            else:
+                try:
+                    shm.close()
+                except BufferError:
+                    pass
+        self.maps = {}
+
+
+def _owned_copy(view):
+    """A private, writable copy of ``view`` that owns its memory.
+
+    Private anonymous memory with transparent huge pages, as NumPy allocates
+    big arrays: faulting in a fresh 64 MiB bytearray page by 4 KiB page
+    costs five times the copy itself.  (Python's default anonymous mmap is
+    MAP_SHARED, which gets no huge pages.)
+    """
+    import mmap
+    size = view.nbytes
+    if size == 0:
+        return bytearray()
+    if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS"):
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:
+        memory = mmap.mmap(-1, size)
+    if size >= (2 << 20) and hasattr(memory, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    memoryview(memory)[:] = view
+    return memory
+
+
+_OOB_PICKLER = None
+
+
+def _oob_pickler_class():
+    """A Pickler that also sends bytes, bytearray and memoryview out of band.
+
+    Only used when the fast C pickler is not enough (a memoryview, or big
+    bytes or bytearray objects): it is pure Python, with a Python call per
+    object.
+    """
+    global _OOB_PICKLER
+    if _OOB_PICKLER is None:
+        import pickle
+
+        # The pure-Python pickler: the C one never asks reducer_override
+        # about bytes and bytearray (it pickles them on a fast path).
+        class OutOfBandPickler(pickle._Pickler):
+            threshold = _SHM_THRESHOLD
+            kinds = None            # id(PickleBuffer) -> kind, for the buffers made here
+
+            def reducer_override(self, obj):
+                cls = type(obj)
+                if cls is bytes or cls is bytearray:
+                    if self.kinds is not None and len(obj) >= self.threshold:
+                        buffer = pickle.PickleBuffer(obj)
+                        self.kinds[id(buffer)] = ("copy", buffer)
+                        return cls, (buffer,)
+                elif cls is memoryview:
+                    if obj.ndim != 1 or obj.format != "B":
+                        try:
+                            flat = obj.cast("B")
+                        except (TypeError, ValueError):
+                            flat = memoryview(obj.tobytes())
+                        return memoryview.cast, (flat, obj.format, list(obj.shape))
+                    if self.kinds is not None and obj.nbytes >= self.threshold and obj.contiguous:
+                        buffer = pickle.PickleBuffer(obj)
+                        self.kinds[id(buffer)] = ("own", buffer)
+                        return memoryview, (buffer,)
+                    return memoryview, (bytearray(obj),)
+                return NotImplemented
+        _OOB_PICKLER = OutOfBandPickler
+    return _OOB_PICKLER
+
+
+def _dumps_payload(obj, protocol, pool):
+    """Pickle ``obj``: bytes, or ("shm", bytes, refs) with big buffers in ``pool``."""
+    import pickle
+    if pool is None:
+        try:
+            return pickle.dumps(obj, protocol)
+        except TypeError:
+            return _dumps_with_reducers(obj, protocol, None)
+    refs = []
+
+    def out_of_band(buffer, kind="keep"):
+        raw = buffer.raw()
+        size = raw.nbytes
+        if size < _SHM_THRESHOLD:
+            return True
+        segment = pool.take(size)
+        if segment is None:
+            return True
+        segment.buf[:size] = raw
+        refs.append((segment.name, size, kind))
+        return False
+    try:
+        data = pickle.dumps(obj, protocol, buffer_callback=out_of_band)
+    except TypeError:
+        data = None             # a memoryview: the reducers below know it
+    except BaseException:
+        pool.release([r[0] for r in refs])
+        raise
+    if data is not None and (len(data) < _SHM_THRESHOLD or not _has_big_bytes(obj)):
+        return ("shm", data, refs) if refs else data
+    pool.release([r[0] for r in refs])      # big bytes in-band: start over with the reducers
+    return _dumps_with_reducers(obj, protocol, pool)
+
+
+def _has_big_bytes(obj, budget=10000):
+    """Does ``obj`` hold a big bytes, bytearray or memoryview, within lists,
+    tuples and dicts?  (Looks at ``budget`` objects at most.)"""
+    stack = [obj]
+    while stack and budget > 0:
+        item = stack.pop()
+        budget -= 1
+        cls = type(item)
+        if cls is bytes or cls is bytearray:
+            if len(item) >= _SHM_THRESHOLD:
+                return True
+        elif cls is memoryview:
+            return True
+        elif cls is list or cls is tuple:
+            stack.extend(item)
+        elif cls is dict:
+            stack.extend(item.values())
+    return False
+
+
+def _dumps_with_reducers(obj, protocol, pool):
+    import io
+    stream = io.BytesIO()
+    cls = _oob_pickler_class()
+    if pool is None:
+        cls(stream, protocol).dump(obj)
+        return stream.getvalue()
+    refs = []
+    kinds = {}
+
+    def out_of_band(buffer):
+        kind = kinds.get(id(buffer), ("keep",))[0]
+        raw = buffer.raw()
+        size = raw.nbytes
+        segment = pool.take(size) if size >= _SHM_THRESHOLD else None
+        if segment is None:
+            return True
+        segment.buf[:size] = raw
+        refs.append((segment.name, size, kind))
+        return False
+    pickler = cls(stream, protocol, buffer_callback=out_of_band)
+    pickler.kinds = kinds
+    try:
+        pickler.dump(obj)
+    except BaseException:
+        pool.release([r[0] for r in refs])
+        raise
+    return ("shm", stream.getvalue(), refs) if refs else stream.getvalue()
+
+
+def _loads_payload(payload, cache):
+    """Unpickle a ("shm", data, refs) payload, copying its buffers out of the segments."""
+    import pickle
+    data, refs = payload[1], payload[2]
+    buffers = []
+    for name, size, kind in refs:
+        view = cache.view(name, size)
+        if kind == "copy":
+            buffers.append(view)                # bytes()/bytearray() copy it themselves
+        else:
+            buffers.append(_owned_copy(view))
+            view.release()
+    return pickle.loads(data, buffers=buffers)
+
 # =============================================================================
 # 15. Executor client (the host's side)
 #    A synchronous call sends, then receives on the calling thread: no thread
@@ -4242,7 +4604,7 @@ def _apply_activation(base, activation):
 
 
 class _Waiter(object):
-    __slots__ = ("id", "what", "future", "reply", "done", "deadline", "timed_out", "kill_at")
+    __slots__ = ("id", "what", "future", "reply", "done", "deadline", "timed_out", "kill_at", "segments")
 
     def __init__(self, call_id, what, future, deadline):
         self.id = call_id
@@ -4253,6 +4615,7 @@ class _Waiter(object):
         self.deadline = deadline
         self.timed_out = False
         self.kill_at = None
+        self.segments = ()
 
 
 class _Worker(object):
@@ -4282,6 +4645,7 @@ class _Worker(object):
         self._pump = None
         self._closed = False
         self._stderr_tail = collections.deque(maxlen=_OUTPUT_TAIL_LINES)
+        self.shm_pool = self.shm_cache = self.shm_worker_prefix = None
         self._streams = []
         self._lifeline = None
         self._start(timeout)
@@ -4382,7 +4746,14 @@ class _Worker(object):
             self.protocol = min(hello[4], pickle.HIGHEST_PROTOCOL)
             self.worker_python = hello[3]
             self.pid = hello[5]
-            self.conn.send_bytes(pickle.dumps(("hello", self.protocol), 2))
+            worker_prefix = None
+            if len(hello) > 6 and hello[6] and self.protocol >= 5 and _shm_available():
+                token = "wl%s" % os.urandom(4).hex()        # short: macOS caps names at 31 characters
+                worker_prefix = token + "w"
+                self.shm_pool = _ShmPool(token + "h")
+                self.shm_cache = _ShmCache()
+                self.shm_worker_prefix = worker_prefix
+            self.conn.send_bytes(pickle.dumps(("hello", self.protocol, worker_prefix), 2))
         finally:
             _rmtree(sock_dir)
         if _LIVE_WORKERS is None:
@@ -4416,13 +4787,17 @@ class _Worker(object):
         pair formatted only when needed.
         """
         import pickle
+        segments = ()
         if payload_args is not None:
             args, kwargs = payload_args
             try:
-                payload = pickle.dumps((tuple(args), dict(kwargs) if kwargs else {}), self.protocol)
+                payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol,
+                                         self.shm_pool)
             except Exception as exc:
                 raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
                                     "sent" % (self._what(what), type(exc).__name__, exc))
+            if type(payload) is tuple:
+                segments = [ref[0] for ref in payload[2]]
             message = message + (payload,)
         call_id = next(self._ids)
         data = pickle.dumps((message[0], call_id) + message[1:], self.protocol)
@@ -4441,7 +4816,7 @@ class _Worker(object):
                         self._reading = False
                         fast = None
             if fast:
-                return self._fast_reply(call_id, what)
+                return self._fast_reply(call_id, what, segments)
             if fast is None:
                 self._on_death()
                 raise self.dead
@@ -4449,6 +4824,7 @@ class _Worker(object):
             import time
             timeout = time.monotonic() + timeout
         waiter = _Waiter(call_id, what, future, timeout)
+        waiter.segments = segments
         with self._lock:
             if self.dead is not None:
                 raise self.dead
@@ -4473,7 +4849,7 @@ class _Worker(object):
             raise
         return self._result(waiter)
 
-    def _fast_reply(self, call_id, what):
+    def _fast_reply(self, call_id, what, segments):
         import pickle
         reply = None
         try:
@@ -4497,7 +4873,13 @@ class _Worker(object):
         if reply[1] != call_id:
             raise ProtocolError("the worker of environment %r answered call %r instead of %r"
                                 % (self.name, reply[1], call_id))
+        if segments:
+            self._settle_segments(segments, reply)
         return self._decode(reply, what)
+
+    def _settle_segments(self, segments, reply):
+        """The worker answered, so it has copied our argument segments out: reuse them."""
+        self.shm_pool.release(segments)
 
     def _what(self, what):
         if isinstance(what, tuple):
@@ -4517,12 +4899,18 @@ class _Worker(object):
         """The result a reply carries, or raise the error it reports."""
         kind = reply[0]
         if kind == "ok":
-            import pickle
+            payload = reply[2]
             try:
-                return pickle.loads(reply[2])
+                if type(payload) is not tuple:
+                    import pickle
+                    return pickle.loads(payload)
+                return _loads_payload(payload, self.shm_cache)
             except Exception as exc:
                 raise ExecutorError("the result of %s could not be unpickled in the host (%s: %s)"
                                     % (self._what(what), type(exc).__name__, exc))
+            finally:
+                if type(payload) is tuple:      # copied out: the worker may reuse its segments
+                    self._send_quietly(("release", [ref[0] for ref in payload[2]]))
         if kind == "err":
             raise _rebuild_error(reply[2], self._what(what))
         if kind == "died":
@@ -4623,6 +5011,8 @@ class _Worker(object):
                     pass
             if waiter.deadline is not None:
                 self._timed -= 1
+            if waiter.segments:
+                self._settle_segments(waiter.segments, reply)
             waiter.reply = reply
             waiter.done = True
             if waiter.future is None:
@@ -4737,6 +5127,23 @@ class _Worker(object):
                 w.future.set_exception(CallTimeout("%s timed out; its worker was killed" % self._what(w.what))
                                        if w.timed_out else died)
         self._close_handles()
+        self._free_shared_memory(worker_gone=True)
+
+    def _free_shared_memory(self, worker_gone):
+        """Unlink our segments; if the worker died, unlink its segments too."""
+        if self.shm_pool is None:
+            return
+        self.shm_pool.close()
+        self.shm_cache.close(unlink=worker_gone)
+        if worker_gone and os.path.isdir("/dev/shm"):
+            # Segments it made but never announced: they carry its prefix.
+            try:
+                names = os.listdir("/dev/shm")
+            except OSError:
+                names = []
+            for name in names:
+                if name.startswith(self.shm_worker_prefix + "_"):
+                    _remove_quietly(os.path.join("/dev/shm", name))
 
     def _close_handles(self):
         if self._lifeline is not None:
@@ -4784,6 +5191,7 @@ class _Worker(object):
                 if w.future is not None and not w.future.done():
                     w.future.set_exception(self.dead)
         self._close_handles()
+        self._free_shared_memory(worker_gone=True)      # it has exited (or was killed) by now
         for t in self._streams:
             t.join(0.5)
 

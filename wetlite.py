@@ -2838,17 +2838,22 @@ def _session_kwargs():
 
 
 def _kill_tree(proc):
-    """Kill a child started with _session_kwargs() and everything it started."""
+    """Kill a child started with _session_kwargs() and everything it started.
+
+    On POSIX the whole process group goes, even when its leader has already
+    exited: what it started may still hold our pipes.
+    """
     import subprocess
-    if proc.poll() is None:
-        if _WINDOWS:
+    if _WINDOWS:
+        if proc.poll() is None:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-        else:
-            import signal
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
+    else:
+        import signal
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            if proc.poll() is None:
                 proc.kill()
     try:
         proc.wait(timeout=10)
@@ -3117,9 +3122,11 @@ class Environment(object):
 
         Calls start the worker on demand too, and restart it after a crash.
         """
+        worker = self._worker
         if output is not None:
             self._worker_output = output
-        worker = self._worker
+            if worker is not None:
+                worker.output = output
         if worker is None or worker.dead is not None or worker._closed:
             self._worker = _Worker(self, timeout, self._worker_output)
         return self
@@ -3131,6 +3138,13 @@ class Environment(object):
             worker = self._worker
         return worker
 
+    def _call(self, message, payload_args, what, timeout, future=None):
+        try:
+            return self._running_worker().call(message, payload_args, what, timeout, future)
+        except _NotSent:
+            # It died while idle (nothing was running): start a new one.
+            return self._running_worker().call(message, payload_args, what, timeout, future)
+
     def execute(self, module, function, args=(), kwargs=None, timeout=None):
         """Call ``module.function(*args, **kwargs)`` in the environment; return its result.
 
@@ -3140,8 +3154,14 @@ class Environment(object):
         own type when the host has it, else as RemoteError.  ``timeout``
         (seconds) raises CallTimeout and stops the call.
         """
-        module = _module_target(module)
-        return self._running_worker().call(("call", module, function), (args, kwargs), (module, function), timeout)
+        module = _TARGETS.get(module) or _module_target(module)
+        worker = self._worker
+        if worker is None or worker.dead is not None or worker._closed:
+            worker = self._running_worker()
+        try:
+            return worker.call(("call", module, function), (args, kwargs), (module, function), timeout)
+        except _NotSent:
+            return self._call(("call", module, function), (args, kwargs), (module, function), timeout)
 
     def submit(self, module, function, args=(), kwargs=None, timeout=None):
         """Like execute(), but return a concurrent.futures.Future at once."""
@@ -3149,21 +3169,19 @@ class Environment(object):
         module = _module_target(module)
         future = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
-        return self._running_worker().call(("call", module, function), (args, kwargs), (module, function), timeout,
-                                           future)
+        return self._call(("call", module, function), (args, kwargs), (module, function), timeout, future)
 
     def import_module(self, module):
         """A proxy of ``module`` in the environment: ``mod.f(x)`` is one round trip."""
         module = _module_target(module)
-        names = self._running_worker().call(("dir", module), None, "import of %s in environment %r"
-                                            % (module, self.name), None)
+        names = self._call(("dir", module), None, "import of %s in environment %r" % (module, self.name), None)
         return _RemoteModule(self, module, names)
 
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
         """Run a Python script in the worker, with ``sys.argv = [path] + args``."""
         path = os.path.abspath(os.fspath(path))
-        return self._running_worker().call(("script", path), (args, {"run_name": run_name}),
-                                           "script %s in environment %r" % (path, self.name), timeout)
+        return self._call(("script", path), (args, {"run_name": run_name}),
+                          "script %s in environment %r" % (path, self.name), timeout)
 
     def exit(self):
         """Stop this environment's worker, if one runs.  Idempotent."""
@@ -3234,6 +3252,9 @@ class Environment(object):
     runScript = run_script
 
 
+_TARGETS = {}        # module name -> itself: names need no work on the next call
+
+
 def _module_target(module):
     """A module name as given, or a .py path made absolute in the host's cwd."""
     if type(module) is not str:
@@ -3241,7 +3262,9 @@ def _module_target(module):
     if not isinstance(module, str) or not module:
         raise SpecError("module must be a dotted name or a path to a .py file, not %r" % (module,))
     if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
-        return os.path.abspath(module)
+        return os.path.abspath(module)      # relative to the cwd of the moment: not cached
+    if len(_TARGETS) < 1000:
+        _TARGETS[module] = module
     return module
 
 
@@ -3284,6 +3307,9 @@ class _MainEnvironment(Environment):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)
+
+    importModule = import_module
+    runScript = run_script
 
 
 class EnvironmentManager(object):
@@ -3952,13 +3978,21 @@ def _serve():
     if len(reply) > 2 and reply[2]:
         _WorkerState.pool = _ShmPool(reply[2])
         _WorkerState.cache = _ShmCache()
+    asked_to_exit = False
     try:
-        _serve_loop(conn, protocol, _WorkerState.pool, _WorkerState.cache)
+        asked_to_exit = _serve_loop(conn, protocol, _WorkerState.pool, _WorkerState.cache)
     finally:
         conn.close()
         if _WorkerState.pool is not None:
             _WorkerState.pool.close()
             _WorkerState.cache.close()
+        if not asked_to_exit and not _WINDOWS:
+            # The host is gone (EOF): take the processes the calls started along.
+            import signal
+            try:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            except OSError:
+                pass
     return 0
 
 
@@ -4021,6 +4055,7 @@ def _readable_now(conn):
 
 
 def _serve_loop(conn, protocol, pool=None, cache=None):
+    """Answer requests until the host asks to exit (return True) or goes away (False)."""
     import collections
     import pickle
     dumps, loads = pickle.dumps, pickle.loads
@@ -4029,8 +4064,8 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
         if not queue:
             try:
                 queue.append(loads(conn.recv_bytes()))
-            except EOFError:
-                return
+            except (EOFError, OSError):
+                return False
         cancels = None
         while _readable_now(conn):              # pick up cancels of queued calls
             message = loads(conn.recv_bytes())
@@ -4057,7 +4092,7 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
             for dropped in queue:
                 if len(dropped) > 1 and dropped[0] not in ("release", "cancel"):
                     conn.send_bytes(dumps(("cancelled", dropped[1]), protocol))
-            return
+            return True
         if op == "cancel":
             continue                            # its call already ran or is unknown
         if op == "release":
@@ -4168,7 +4203,11 @@ def _load_path_module(path):
     module.__wetlite_display_name__ = stem
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        # Compiled from source, not through the loader: its __pycache__ check
+        # (whole-second mtime and size) would miss a quick same-size edit.
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec")
+        exec(code, module.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -4424,10 +4463,34 @@ def _oob_pickler_class():
     return _OOB_PICKLER
 
 
+_PLAIN_TYPES = frozenset([int, float, complex, str, bool, type(None)])
+
+
+def _plain(obj, depth=3):
+    """Small, buffer-free data (the usual arguments): the plain pickler will do."""
+    cls = type(obj)
+    if cls in _PLAIN_TYPES:
+        return True
+    if cls is bytes:
+        return len(obj) < _SHM_THRESHOLD
+    if cls is tuple or cls is list:
+        items = obj
+    elif cls is dict:
+        items = obj.values()
+    else:
+        return False
+    if not depth or len(obj) > 16:
+        return False
+    for item in items:                  # a loop, not all(genexpr): this is on every call
+        if type(item) not in _PLAIN_TYPES and not _plain(item, depth - 1):
+            return False
+    return True
+
+
 def _dumps_payload(obj, protocol, pool):
     """Pickle ``obj``: bytes, or ("shm", bytes, refs) with big buffers in ``pool``."""
     import pickle
-    if pool is None:
+    if pool is None or _plain(obj):
         try:
             return pickle.dumps(obj, protocol)
         except TypeError:
@@ -4603,6 +4666,10 @@ def _apply_activation(base, activation):
     return env
 
 
+class _NotSent(Exception):
+    """The worker was found dead before a request could be sent: try a new one."""
+
+
 class _Waiter(object):
     __slots__ = ("id", "what", "future", "reply", "done", "deadline", "timed_out", "kill_at", "segments")
 
@@ -4703,10 +4770,18 @@ class _Worker(object):
             accepted = {}
 
             def accept():
-                try:
-                    accepted["conn"] = listener.accept()
-                except BaseException as exc:          # noqa: a wrong key, or our own wake-up call
-                    accepted["error"] = exc
+                # A client with the wrong key is refused, and we wait on for
+                # ours, until the launch gives up and wakes us with "stop".
+                while "stop" not in accepted:
+                    try:
+                        conn = listener.accept()
+                    except Exception:
+                        continue
+                    if "stop" in accepted:
+                        conn.close()
+                    else:
+                        accepted["conn"] = conn
+                    return
             acceptor = threading.Thread(target=accept, name="wetlite-accept-%s" % self.name)
             acceptor.daemon = True
             acceptor.start()
@@ -4714,6 +4789,7 @@ class _Worker(object):
             while acceptor.is_alive():
                 acceptor.join(0.05)
                 if acceptor.is_alive() and (self.proc.poll() is not None or time.monotonic() > deadline):
+                    accepted["stop"] = True
                     try:                                # wake accept() up
                         Client(address, family).close()
                     except (OSError, EOFError):
@@ -4791,8 +4867,10 @@ class _Worker(object):
         if payload_args is not None:
             args, kwargs = payload_args
             try:
-                payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol,
-                                         self.shm_pool)
+                pool = self.shm_pool
+                if pool is not None and not kwargs and all(type(a) in _PLAIN_TYPES for a in args):
+                    pool = None                 # the common case, decided cheaply
+                payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol, pool)
             except Exception as exc:
                 raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
                                     "sent" % (self._what(what), type(exc).__name__, exc))
@@ -4819,9 +4897,9 @@ class _Worker(object):
                 return self._fast_reply(call_id, what, segments)
             if fast is None:
                 self._on_death()
-                raise self.dead
+                raise _NotSent()
+        import time
         if timeout is not None:
-            import time
             timeout = time.monotonic() + timeout
         waiter = _Waiter(call_id, what, future, timeout)
         waiter.segments = segments
@@ -4839,8 +4917,13 @@ class _Worker(object):
                 self.conn.send_bytes(data)
         except (OSError, EOFError, ValueError):
             self._on_death()
+            if future is None:
+                raise _NotSent()
         if future is not None:
             self._ensure_pump()
+            if timeout is not None:
+                # Whoever reads may be blocked on a long call: a timer keeps the deadline.
+                self._expire_later(timeout - time.monotonic())
             return future
         try:
             self._wait(waiter)
@@ -4888,12 +4971,17 @@ class _Worker(object):
 
     def _result(self, waiter):
         if waiter.timed_out:
-            if waiter.reply[0] == "died":
-                raise CallTimeout("%s did not finish within its timeout and did not stop when interrupted; the "
-                                  "worker of environment %r was killed (it restarts on the next call)"
-                                  % (self._what(waiter.what), self.name))
-            raise CallTimeout("%s did not finish within its timeout; it was interrupted" % self._what(waiter.what))
+            raise self._timeout_error(waiter)
         return self._decode(waiter.reply, waiter.what)
+
+    def _timeout_error(self, waiter):
+        what = self._what(waiter.what)
+        if waiter.reply is not None and waiter.reply[0] == "died":
+            return CallTimeout("%s did not finish within its timeout and did not stop when interrupted; the worker "
+                               "of environment %r was killed (it restarts on the next call)" % (what, self.name))
+        if waiter.kill_at is None:
+            return CallTimeout("%s did not start within its timeout; it was cancelled" % what)
+        return CallTimeout("%s did not finish within its timeout; it was interrupted" % what)
 
     def _decode(self, reply, what):
         """The result a reply carries, or raise the error it reports."""
@@ -4918,18 +5006,29 @@ class _Worker(object):
         raise ExecutorError("%s was cancelled before it started" % self._what(what))
 
     def _wait(self, waiter):
-        """Wait for ``waiter``, reading the connection whenever nobody else is."""
+        """Wait for ``waiter``, reading the connection whenever nobody else is.
+
+        A caller that sleeps while another thread reads wakes up at its own
+        deadlines, since the reader may be blocked on a long call.
+        """
+        import time
         cond = self._cond
         while True:
             with cond:
-                if not waiter.done and self._reading:
-                    self._sleepers += 1
-                    while not waiter.done and self._reading:
-                        cond.wait()
-                    self._sleepers -= 1
                 if waiter.done:
                     return
-                self._reading = True
+                reader = not self._reading
+                if reader:
+                    self._reading = True
+                else:
+                    wake = self._next_deadline_locked()
+                    self._sleepers += 1
+                    cond.wait(None if wake is None else max(0.0, wake - time.monotonic()) + 0.001)
+                    self._sleepers -= 1
+            if not reader:
+                if not waiter.done:
+                    self._expire()
+                continue
             try:
                 self._read(waiter)
             finally:
@@ -4966,35 +5065,50 @@ class _Worker(object):
 
     def _next_deadline(self):
         with self._lock:
-            times = [w.kill_at if w.timed_out else w.deadline for w in self._waiters.values()]
+            return self._next_deadline_locked()
+
+    def _next_deadline_locked(self):
+        times = [w.kill_at if w.timed_out else w.deadline for w in self._waiters.values()]
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
     def _expire(self):
-        """Interrupt timed-out calls; kill the worker if one ignores it."""
+        """Stop timed-out calls: interrupt the running one (and kill the worker
+        if it ignores that), cancel queued ones without waiting for them."""
         import time
         now = time.monotonic()
         with self._lock:
-            late = [w for w in self._waiters.values() if w.timed_out and w.kill_at <= now]
+            running = self._order[0] if self._order else None
+            late = [w for w in self._waiters.values() if w.kill_at is not None and w.kill_at <= now]
             fresh = [w for w in self._waiters.values()
                      if not w.timed_out and w.deadline is not None and w.deadline <= now]
             for w in fresh:
                 w.timed_out = True
-                w.kill_at = now + _INTERRUPT_GRACE
-            running = self._order[0] if self._order else None
+                if w.id == running:
+                    w.kill_at = now + _INTERRUPT_GRACE
+                elif w.future is None:
+                    w.done = True               # queued: its caller need not wait for the worker
+            if fresh:
+                self._cond.notify_all()
         if late:
             _log().warning("environment %r: %s did not stop after an interrupt; killing its worker",
                            self.name, self._what(late[0].what))
             self._kill()
             return
         for w in fresh:
-            if w.future is not None:
-                self._settle_future(w, CallTimeout("%s did not finish within its timeout; it was interrupted"
-                                                   % self._what(w.what)))
             if w.id == running:
                 self._interrupt()
+                self._expire_later(_INTERRUPT_GRACE)
             else:
                 self._send_quietly(("cancel", w.id))
+            if w.future is not None:
+                self._settle_future(w, self._timeout_error(w))
+
+    def _expire_later(self, delay):
+        import threading
+        timer = threading.Timer(max(delay, 0.0) + 0.001, self._expire)
+        timer.daemon = True
+        timer.start()
 
     def _dispatch(self, reply):
         with self._lock:
@@ -5045,20 +5159,29 @@ class _Worker(object):
             self._cond.notify_all()
 
     def _pump_replies(self):
+        import time
+        cond = self._cond
         while True:
-            with self._cond:
-                while not self._closed and self.dead is None and (self._futures == 0 or self._reading):
-                    self._cond.wait()
+            with cond:
                 if self._closed or self.dead is not None:
                     return
-                self._reading = True
+                reader = self._futures > 0 and not self._reading
+                if reader:
+                    self._reading = True
+                else:
+                    wake = self._next_deadline_locked() if self._futures else None
+                    cond.wait(None if wake is None else max(0.0, wake - time.monotonic()) + 0.001)
+            if not reader:
+                if self._futures:
+                    self._expire()
+                continue
             try:
                 self._read()
             finally:
-                with self._cond:
+                with cond:
                     self._reading = False
                     if self._sleepers:
-                        self._cond.notify_all()
+                        cond.notify_all()
 
     # -- stopping -----------------------------------------------------------
 
@@ -5110,7 +5233,10 @@ class _Worker(object):
         with self._cond:
             if self.dead is not None:
                 return
-            self.dead = True                            # placeholder while we collect the status
+            # Until its status is known, callers see this.
+            self.dead = WorkerDied("the worker of environment %r is gone" % self.name)
+        if self.proc is not None:
+            _kill_tree(self.proc)       # its children may still hold the output pipes
         died = self._died(reason)
         with self._cond:
             self.dead = died
@@ -5124,8 +5250,7 @@ class _Worker(object):
             self._cond.notify_all()
         for w in waiters:
             if w.future is not None and not w.future.done():
-                w.future.set_exception(CallTimeout("%s timed out; its worker was killed" % self._what(w.what))
-                                       if w.timed_out else died)
+                w.future.set_exception(self._timeout_error(w) if w.timed_out else died)
         self._close_handles()
         self._free_shared_memory(worker_gone=True)
 

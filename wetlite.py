@@ -32,6 +32,8 @@ Library::
     with wetlite.EnvironmentManager(tool="micromamba") as mgr:
         env = mgr.create("seg", {"python": "3.11", "conda": ["numpy"], "pip": ["tifffile"]})
         env.run(["python -c 'import numpy; print(numpy.__version__)'"])
+        with env:                                   # starts the worker
+            image = env.execute("tifffile", "imread", ("a.tif",))
 
 Command line::
 
@@ -51,6 +53,7 @@ Environment variables:
     WETLITE_MICROMAMBA     use this micromamba binary, never download one
     WETLITE_DOWNLOAD_URL   mirror base URL: assets come from {url}/{version}/{asset}
     WETLITE_DOWNLOAD_TIMEOUT  seconds before a stalled download is retried (default 30)
+    WETLITE_SHM            0: large buffers go through the socket, not shared memory
     WETLITE_DEBUG          1: debug logging, and generated scripts are kept
 
 Security notes: wetlite downloads Pixi from github.com/prefix-dev/pixi and

@@ -20,6 +20,12 @@ interpreter, because this machine is shared and noisy:
              sequential `execute`.
   cold       launch to first result, against a bare `python -c "import
              wetlite"` of the same interpreter; goal <= 2x.
+  large      a 64 MiB float64 array as the argument (its sum comes back) and
+             as argument and result (echo), against one in-process
+             `a.copy()`; goals <= 3x and <= 6x.  Then arguments of 64 KiB to
+             4 MiB in-band and through shared memory: where the threshold goes.
+             Needs NumPy in the host (installed in the bench environment from
+             PyPI or pip's cache).
 """
 import argparse
 import json
@@ -212,6 +218,59 @@ def bench_cold(env, runs):
             "x_bare": statistics.median(cold) / statistics.median(bare), "runs": runs}
 
 
+def bench_large(mgr, runs):
+    """64 MiB float64 arrays through shared memory, against one in-process copy."""
+    try:
+        import numpy
+    except ImportError:
+        return {"skipped": "numpy is not installed in the host"}
+    try:
+        env = mgr.create("large", {"pip": ["numpy==%s" % numpy.__version__]}, force_external=True)
+    except wetlite.WetliteError as exc:
+        return {"skipped": "cannot install numpy in the bench environment: %s" % exc}
+    env.launch()
+    a = numpy.random.rand(8 * 1024 * 1024)
+    for _ in range(2):                      # warm: segments and huge pages
+        env.execute("numpy", "sum", (a,))
+        env.execute("numpy", "asarray", (a,))
+        a.copy()
+    copy, total, echo = [], [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        b = a.copy()
+        copy.append(time.perf_counter() - start)
+        del b
+        start = time.perf_counter()
+        env.execute("numpy", "sum", (a,))
+        total.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        b = env.execute("numpy", "asarray", (a,))
+        echo.append(time.perf_counter() - start)
+        del b
+    result = {"copy_ms": statistics.median(copy) * 1000, "sum_ms": statistics.median(total) * 1000,
+              "echo_ms": statistics.median(echo) * 1000, "runs": runs,
+              "shared_memory": env._worker.shm_pool is not None}
+    result["sum_x_copy"] = result["sum_ms"] / result["copy_ms"]
+    result["echo_x_copy"] = result["echo_ms"] / result["copy_ms"]
+    # Where shared memory starts to pay: arguments of each size, in-band against out of band.
+    sweep = {}
+    saved = wetlite._SHM_THRESHOLD
+    try:
+        for size in (64 << 10, 256 << 10, 1 << 20, 4 << 20):
+            x = numpy.random.rand(size // 8)
+            row = {}
+            for label, threshold in (("in_band_us", 1 << 62), ("shm_us", 1)):
+                wetlite._SHM_THRESHOLD = threshold
+                env.execute("numpy", "sum", (x,))
+                row[label] = statistics.median(timed(lambda: env.execute("numpy", "sum", (x,)), 30)) * 1e6
+            sweep[str(size)] = row
+    finally:
+        wetlite._SHM_THRESHOLD = saved
+    result["threshold_sweep"] = sweep
+    env.exit()
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs")
@@ -232,6 +291,7 @@ def main():
         results["call"] = bench_calls(env, rounds=5 * scale, per_round=500)
         results["pipeline"] = bench_pipeline(env, 2000 * scale)
         results["cold"] = bench_cold(env, 5 * scale)
+        results["large"] = bench_large(mgr, 5 * scale)
         mgr.exit()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -255,6 +315,17 @@ def main():
         c = results["cold"]
         rows.append(("cold start to first result", "%.1f ms" % c["launch_to_first_result_median_ms"],
                      "%.2fx bare import (%.1f ms); goal <= 2x" % (c["x_bare"], c["bare_import_median_ms"])))
+        large = results["large"]
+        if "skipped" in large:
+            rows.append(("64 MiB arrays", "skipped", large["skipped"]))
+        else:
+            rows.append(("64 MiB sum (argument only)", "%.1f ms" % large["sum_ms"],
+                         "%.2fx a.copy() (%.1f ms); goal <= 3x" % (large["sum_x_copy"], large["copy_ms"])))
+            rows.append(("64 MiB echo (argument and result)", "%.1f ms" % large["echo_ms"],
+                         "%.2fx a.copy(); goal <= 6x" % large["echo_x_copy"]))
+            for size, row in sorted(large["threshold_sweep"].items(), key=lambda kv: int(kv[0])):
+                rows.append(("  %d KiB argument: in-band / shm" % (int(size) >> 10),
+                             "%.0f / %.0f us" % (row["in_band_us"], row["shm_us"]), ""))
         width = max(len(r[0]) for r in rows)
         for label, value, note in rows:
             print("%-*s  %18s  %s" % (width, label, value, note))

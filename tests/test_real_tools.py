@@ -31,13 +31,20 @@ def tool_binary(tmp_path, tool, binary):
     return path
 
 
-@pytest.mark.parametrize("tool, binary", BINARIES)
-def test_real_tool_round_trip(tmp_path, monkeypatch, local_channel, tool, binary):
+def real_manager(tmp_path, monkeypatch, channel, tool, binary):
+    """A manager on a copy of the real binary, with HOME in a temp dir."""
     exe = tool_binary(tmp_path, tool, binary)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     os.makedirs(str(tmp_path / "home"))
-    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool=tool, tool_path=exe, channels=[local_channel])
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool=tool, tool_path=exe, channels=[channel])
     assert mgr.install_tool() == exe
+    return mgr
+
+
+@pytest.mark.parametrize("tool, binary", BINARIES)
+def test_real_tool_round_trip(tmp_path, monkeypatch, local_channel, tool, binary):
+    mgr = real_manager(tmp_path, monkeypatch, local_channel, tool, binary)
+    exe = mgr.tool_path
 
     env = mgr.create("demo", {"conda": ["wetlite-demo=0.1.0"]}, force_external=True)
     out = env.run([["python", "-c", "import wetlite_demo, sys; print(wetlite_demo.hello()); print(sys.prefix)"]])
@@ -51,6 +58,11 @@ def test_real_tool_round_trip(tmp_path, monkeypatch, local_channel, tool, binary
     assert "wetlite-extra" in names and "python" in names
     assert env.run(["wetlite-extra"], check=False).returncode == 0
 
+    # The worker runs with the activation captured from the real tool.
+    with env:
+        assert env.execute("wetlite_demo", "hello", ("worker",)) == "hello worker from wetlite-demo 0.1.0"
+        assert env.execute("os", "getenv", ("CONDA_PREFIX",)) == env.path
+
     # Reuse: the same recipe is handed back without running the tool.
     again = wetlite.EnvironmentManager(root=mgr.root, tool=tool, tool_path=exe, channels=[local_channel])
     assert again.create("demo", {"conda": ["wetlite-demo=0.1.0"]}, force_external=True).path == env.path
@@ -63,10 +75,7 @@ def test_real_tool_round_trip(tmp_path, monkeypatch, local_channel, tool, binary
 
 @pytest.mark.parametrize("tool, binary", BINARIES)
 def test_real_tool_missing_package_fails_cleanly(tmp_path, monkeypatch, local_channel, tool, binary):
-    exe = tool_binary(tmp_path, tool, binary)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    os.makedirs(str(tmp_path / "home"))
-    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool=tool, tool_path=exe, channels=[local_channel])
+    mgr = real_manager(tmp_path, monkeypatch, local_channel, tool, binary)
     with pytest.raises(wetlite.CommandError) as info:
         mgr.create("nope", {"conda": ["wetlite-no-such-package"]}, force_external=True)
     assert "wetlite-no-such-package" in info.value.output_tail

@@ -3193,10 +3193,10 @@ class Environment(object):
             worker.close()
 
     def _worker_argv(self):
-        # The runtime copy is run by path, not with -m: -m puts the cwd ahead
-        # of PYTHONPATH, so a wetlite.py in the host's cwd would run instead.
-        # Run by path, sys.path[0] is the private runtime dir itself.
-        return [self.python, "-u", os.path.join(_runtime_dir(self.manager.root), "wetlite.py"), "serve"]
+        # A boot script in the private runtime dir, run by path: sys.path[0]
+        # is then that dir, and wetlite.py beside it is what gets imported.
+        # (-m would put the host's cwd first, and a wetlite.py there would win.)
+        return [self.python, "-u", os.path.join(_runtime_dir(self.manager.root), "_wetlite_worker.py")]
 
     def _worker_environ(self):
         env = _apply_activation(_child_environ(scrub_tools=True), self._activation_environ())
@@ -3841,9 +3841,10 @@ def _json_dumps(obj):
 # =============================================================================
 # 13. Executor protocol
 #
-#    The host starts `python -u {runtime}/wetlite.py serve` with the
-#    environment's interpreter, {runtime} being a private dir that holds a
-#    copy of the host's own wetlite.py, named by its hash.  The host listens on a fresh AF_UNIX socket
+#    The host starts `python -u {runtime}/_wetlite_worker.py` with the
+#    environment's interpreter, {runtime} being a private dir named by the
+#    hash of the host's own wetlite.py, which it holds a copy of; the boot
+#    script imports it (so its bytecode is cached) and runs main(["serve"]).  The host listens on a fresh AF_UNIX socket
 #    in a 0700 dir (AF_PIPE on Windows, 127.0.0.1 TCP as a last resort) with
 #    a fresh 32-byte authkey; address and key reach the worker through its
 #    environment, never argv.  multiprocessing.connection authenticates both
@@ -3954,10 +3955,28 @@ class _WorkerState(object):
     resolved = {}               # (module name, function) -> (module, object): the hot path
 
 
+_LEAN = {}
+
+
+def _lean(name, fallback):
+    """The C module behind a stdlib module, where there is one (cached).
+
+    A worker's start is a hot path: pickle, socket, signal and hmac import
+    enum, re and friends for conveniences it does not use.
+    """
+    module = _LEAN.get(name)
+    if module is None:
+        try:
+            module = __import__(name)
+        except ImportError:
+            module = __import__(fallback)
+        _LEAN[name] = module
+    return module
+
+
 def _serve():
     """Run the executor worker until the host says exit or goes away."""
-    import pickle
-    import threading
+    pickle = _lean("_pickle", "pickle")
     raw = os.environ.pop(_WORKER_ENV, None)
     if not raw:
         _eprint("wetlite serve: this command is started by wetlite's executor; it is not for direct use")
@@ -3965,17 +3984,20 @@ def _serve():
     address, family, key_hex, lifeline, host_pid = raw.split("|")
     _scrub_worker_paths()
     sys.stdin = open(os.devnull, "r")         # the worker never reads stdin
-    watcher = threading.Thread(target=_watch_host, args=(lifeline, host_pid), name="wetlite-lifeline")
-    watcher.daemon = True
-    watcher.start()
+    import _thread                          # (threading would cost an import; this is built in)
+    _thread.start_new_thread(_watch_host, (lifeline, host_pid))
     _install_interrupt_handlers()
-    from multiprocessing.connection import Client
     if family == "AF_INET":
         host, port = address.rsplit(":", 1)
         address = (host, int(port))
-    conn = Client(address, family=family, authkey=bytes.fromhex(key_hex))
+    if family == "AF_PIPE":
+        from multiprocessing.connection import Client
+        conn = Client(address, family=family, authkey=bytes.fromhex(key_hex))
+    else:
+        conn = _connect_to_host(address, family, bytes.fromhex(key_hex))
+    highest = 5 if hasattr(pickle, "PickleBuffer") else 4       # _pickle has no HIGHEST_PROTOCOL
     conn.send_bytes(pickle.dumps(("hello", PROTOCOL_VERSION, __version__, "%d.%d.%d" % sys.version_info[:3],
-                                  pickle.HIGHEST_PROTOCOL, os.getpid(), _shm_available()), 2))
+                                  highest, os.getpid(), _shm_available()), 2))
     reply = pickle.loads(conn.recv_bytes())
     protocol = reply[1]
     if len(reply) > 2 and reply[2]:
@@ -3989,20 +4011,125 @@ def _serve():
         if _WorkerState.pool is not None:
             _WorkerState.pool.close()
             _WorkerState.cache.close()
-        if not asked_to_exit and not _WINDOWS:
-            # The host is gone (EOF): take the processes the calls started along.
-            import signal
-            try:
-                os.killpg(os.getpgid(0), signal.SIGKILL)
-            except OSError:
-                pass
+        if not asked_to_exit:
+            _kill_own_group()       # the host is gone (EOF): take what the calls started along
     return 0
 
 
+class _SocketConnection(object):
+    """The worker's end of the host's multiprocessing.connection Listener.
+
+    The same framing (a 4-byte big-endian length, or -1 and an 8-byte one)
+    and the same two-way HMAC handshake, without importing multiprocessing,
+    which costs a third of a worker's start.  (Windows named pipes still use
+    multiprocessing.connection.)
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def close(self):
+        self._sock.close()
+
+    def send_bytes(self, data):
+        struct = _lean("_struct", "struct")
+        size = len(data)
+        if size > 0x7fffffff:
+            self._sock.sendall(struct.pack("!iQ", -1, size))
+            self._sock.sendall(data)
+        elif size > 16384:
+            self._sock.sendall(struct.pack("!i", size))
+            self._sock.sendall(data)
+        else:
+            self._sock.sendall(struct.pack("!i", size) + data)
+
+    def recv_bytes(self, maxlength=None):
+        struct = _lean("_struct", "struct")
+        size = struct.unpack("!i", self._exactly(4))[0]
+        if size == -1:
+            size = struct.unpack("!Q", self._exactly(8))[0]
+        if maxlength is not None and size > maxlength:
+            raise OSError("message of %d bytes, more than %d expected" % (size, maxlength))
+        return self._exactly(size)
+
+    def _exactly(self, size):
+        data = self._sock.recv(size)            # small messages: one call, no copies
+        if len(data) == size:
+            return data
+        if not data and size:
+            raise EOFError("the host closed the connection")
+        buf = bytearray(size)
+        buf[:len(data)] = data
+        view = memoryview(buf)
+        got = len(data)
+        while got < size:
+            n = self._sock.recv_into(view[got:], size - got)
+            if not n:
+                raise EOFError("the host closed the connection")
+            got += n
+        return buf
+
+
+def _connect_to_host(address, family, authkey):
+    """Connect and authenticate as multiprocessing.connection.Client would."""
+    socket = _lean("_socket", "socket")
+    sock = socket.socket(socket.AF_UNIX if family == "AF_UNIX" else socket.AF_INET, socket.SOCK_STREAM)
+    sock.connect(address)
+    conn = _SocketConnection(sock)
+    _answer_challenge(conn, authkey)
+    _deliver_challenge(conn, authkey)
+    return conn
+
+
+def _hmac(key, message, digest):
+    try:
+        import _hashlib                          # 3.7+, and much cheaper to import than hmac
+        return _hashlib.hmac_digest(key, message, digest)
+    except (ImportError, AttributeError):
+        import hmac
+        return hmac.new(key, message, digest).digest()
+
+
+def _challenge_response(authkey, message):
+    """HMAC of a challenge: raw MD5 for a legacy 20-byte one (Python <= 3.11),
+    else prefixed with its digest name, as Python 3.12+ does."""
+    if len(message) in (16, 20):
+        return _hmac(authkey, message, "md5")
+    digest = message[1:message.index(b"}")].decode("ascii") if message.startswith(b"{") else "sha256"
+    return b"{%s}%s" % (digest.encode("ascii"), _hmac(authkey, message, digest))
+
+
+def _answer_challenge(conn, authkey):
+    message = conn.recv_bytes(256)
+    if not message.startswith(b"#CHALLENGE#") or len(message) < 11 + 20:
+        raise ProtocolError("the host sent no authentication challenge")
+    conn.send_bytes(_challenge_response(authkey, message[11:]))
+    if conn.recv_bytes(256) != b"#WELCOME#":
+        raise ProtocolError("the host refused this worker's key")
+
+
+def _deliver_challenge(conn, authkey):
+    import _operator
+    message = b"{sha256}" + os.urandom(40)
+    conn.send_bytes(b"#CHALLENGE#" + message)
+    response = conn.recv_bytes(256)
+    if len(response) == 16:                             # a host on Python <= 3.11: HMAC-MD5
+        expected = _hmac(authkey, message, "md5")
+    else:
+        expected = _challenge_response(authkey, message)
+    if not _operator._compare_digest(response, expected):     # what hmac.compare_digest is
+        conn.send_bytes(b"#FAILURE#")
+        raise ProtocolError("the host answered the challenge with the wrong key")
+    conn.send_bytes(b"#WELCOME#")
+
+
 def _scrub_worker_paths():
-    # This file ran by path from the private runtime dir, which Python put
-    # first on sys.path.  Drop it: the environment's own packages come first,
-    # and nothing of the host (its cwd, its script dir) is on the path.
+    # The boot script ran by path from the private runtime dir, which Python
+    # put first on sys.path.  Drop it: the environment's own packages come
+    # first, and nothing of the host (its cwd, its script dir) is on the path.
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
         del sys.path[0]
@@ -4026,18 +4153,24 @@ def _watch_host(lifeline, host_pid):
     else:
         return
     if _WorkerState.pool is not None:
-        _WorkerState.pool.close()           # nobody else would unlink them now
+        _WorkerState.pool.close()               # nobody else would unlink them now:
+        _WorkerState.cache.close(unlink=True)   # ours, and those of the dead host
+    _kill_own_group()
+    os._exit(3)
+
+
+def _kill_own_group():
+    """Kill this worker's process group: itself and what its calls started."""
     if not _WINDOWS:
-        import signal
+        signal = _lean("_signal", "signal")
         try:
             os.killpg(os.getpgid(0), signal.SIGKILL)    # this worker leads its own session
         except OSError:
             pass
-    os._exit(3)
 
 
 def _install_interrupt_handlers():
-    import signal
+    signal = _lean("_signal", "signal")
 
     def interrupt(signum, frame):
         # Only a running call may be interrupted: between calls a
@@ -4049,20 +4182,28 @@ def _install_interrupt_handlers():
         signal.signal(signal.SIGBREAK, interrupt)
 
 
-def _readable_now(conn):
-    """Is a message waiting?  (conn.poll() builds a selector per call: too slow here.)"""
+def _readiness_check(conn):
+    """A function telling whether a message is waiting, as cheaply as possible.
+
+    (conn.poll() builds a selector on every call: too slow for every request.)
+    """
     if _WINDOWS:
-        return conn.poll(0)
+        return lambda: conn.poll(0)
     import select
-    return bool(select.select([conn.fileno()], [], [], 0)[0])
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return lambda: bool(poller.poll(0))
+    fd = conn.fileno()
+    return lambda: bool(select.select([fd], [], [], 0)[0])
 
 
 def _serve_loop(conn, protocol, pool=None, cache=None):
     """Answer requests until the host asks to exit (return True) or goes away (False)."""
-    import collections
-    import pickle
+    pickle = _lean("_pickle", "pickle")
     dumps, loads = pickle.dumps, pickle.loads
-    queue = collections.deque()
+    queue = []                                  # requests read ahead (a list: collections costs an import)
+    readable = _readiness_check(conn)
     while True:
         if not queue:
             try:
@@ -4070,43 +4211,49 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
             except (EOFError, OSError):
                 return False
         cancels = None
-        while _readable_now(conn):              # pick up cancels of queued calls
-            message = loads(conn.recv_bytes())
-            if message[0] == "cancel":
-                cancels = cancels or set()
-                cancels.add(message[1])
-            elif message[0] == "release":
-                pool.release(message[1])
-            else:
-                queue.append(message)
-        if cancels:
-            kept = collections.deque()
-            for m in queue:
-                if len(m) > 1 and m[1] in cancels:
-                    conn.send_bytes(dumps(("cancelled", m[1]), protocol))
+        try:
+            while readable():                   # pick up cancels of queued calls
+                message = loads(conn.recv_bytes())
+                if message[0] == "cancel":
+                    cancels = cancels or set()
+                    cancels.add(message[1])
+                elif message[0] == "release":
+                    pool.release(message[1])
                 else:
-                    kept.append(m)
-            queue = kept
-            if not queue:
-                continue
-        message = queue.popleft()
+                    queue.append(message)
+            if cancels:
+                kept = []
+                for m in queue:
+                    if m[0] in ("call", "script", "dir") and m[1] in cancels:
+                        conn.send_bytes(dumps(("cancelled", m[1]), protocol))
+                    else:
+                        kept.append(m)
+                queue = kept
+                if not queue:
+                    continue
+        except (EOFError, OSError):
+            return False
+        message = queue.pop(0)
         op = message[0]
-        if op == "exit":
-            for dropped in queue:
-                if len(dropped) > 1 and dropped[0] not in ("release", "cancel"):
-                    conn.send_bytes(dumps(("cancelled", dropped[1]), protocol))
-            return True
-        if op == "cancel":
-            continue                            # its call already ran or is unknown
-        if op == "release":
-            pool.release(message[1])
-            continue
-        conn.send_bytes(_handle(message, protocol, pool, cache))
+        try:
+            if op == "exit":
+                for dropped in queue:
+                    if dropped[0] in ("call", "script", "dir"):
+                        conn.send_bytes(dumps(("cancelled", dropped[1]), protocol))
+                return True
+            if op == "cancel":
+                continue                        # its call already ran or is unknown
+            if op == "release":
+                pool.release(message[1])
+                continue
+            conn.send_bytes(_handle(message, protocol, pool, cache))
+        except (EOFError, OSError):
+            return False
 
 
 def _handle(message, protocol, pool, cache):
     """Run one request; return the pickled reply."""
-    import pickle
+    pickle = _lean("_pickle", "pickle")
     op, call_id = message[0], message[1]
     stage = "arguments"
     try:
@@ -4256,13 +4403,20 @@ _ENV_SHM = "WETLITE_SHM"        # "0" turns shared memory off
 
 
 def _shm_available():
-    """Can this interpreter use out-of-band buffers in shared memory?"""
+    """Can this interpreter use out-of-band buffers in shared memory?
+
+    Cheap on purpose (it runs at every worker start): multiprocessing's
+    shared_memory module itself is imported on the first segment.
+    """
     if os.environ.get(_ENV_SHM, "1") == "0":
         return False
+    if not hasattr(_lean("_pickle", "pickle"), "PickleBuffer"):     # protocol 5: 3.8+
+        return False
+    if _WINDOWS:
+        return True
     try:
-        import pickle
-        from multiprocessing import shared_memory     # noqa: F401 (3.8+)
-        return hasattr(pickle, "PickleBuffer")
+        import _posixshmem                              # noqa: F401 (what shared_memory uses)
+        return True
     except ImportError:
         return False
 
@@ -4374,15 +4528,29 @@ class _ShmPool(object):
 
 
 class _ShmCache(object):
-    """The other side's segments, attached once and kept mapped (no page faults next time)."""
+    """The other side's segments, attached once and kept mapped (no page faults next time).
+
+    At most ``limit`` stay mapped, least recently used first out: the owner
+    may have unlinked a segment, and a mapping would keep its memory alive.
+    """
+
+    limit = 32
 
     def __init__(self):
-        self.maps = {}
+        import collections
+        self.maps = collections.OrderedDict()
 
     def view(self, name, size):
-        shm = self.maps.get(name)
+        shm = self.maps.pop(name, None)
         if shm is None:
-            shm = self.maps[name] = _shm_open(name)
+            shm = _shm_open(name)
+            while len(self.maps) >= self.limit:
+                _, old = self.maps.popitem(last=False)
+                try:
+                    old.close()
+                except BufferError:
+                    pass
+        self.maps[name] = shm
         return shm.buf[:size]
 
     def close(self, unlink=False):
@@ -4492,7 +4660,7 @@ def _plain(obj, depth=3):
 
 def _dumps_payload(obj, protocol, pool):
     """Pickle ``obj``: bytes, or ("shm", bytes, refs) with big buffers in ``pool``."""
-    import pickle
+    pickle = _lean("_pickle", "pickle")
     if pool is None or _plain(obj):
         try:
             return pickle.dumps(obj, protocol)
@@ -4576,7 +4744,7 @@ def _dumps_with_reducers(obj, protocol, pool):
 
 def _loads_payload(payload, cache):
     """Unpickle a ("shm", data, refs) payload, copying its buffers out of the segments."""
-    import pickle
+    pickle = _lean("_pickle", "pickle")
     data, refs = payload[1], payload[2]
     buffers = []
     for name, size, kind in refs:
@@ -4631,13 +4799,24 @@ def _self_source():
     return cached
 
 
+_WORKER_BOOT = """\
+# Written by wetlite: starts an executor worker from the wetlite.py beside it.
+# wetlite.py is imported, not run, so that its bytecode is cached.
+import sys
+sys.dont_write_bytecode = False
+import wetlite
+sys.exit(wetlite.main(["serve"]))
+"""
+
+
 def _runtime_dir(root):
-    """{root}/state/runtime/<hash>/ holding a copy of this file as wetlite.py."""
+    """{root}/state/runtime/<hash>/: a copy of this file as wetlite.py, and its worker boot script."""
     data, digest = _self_source()
     directory = os.path.join(root, "state", "runtime", digest)
-    path = os.path.join(directory, "wetlite.py")
-    if not os.path.isfile(path):
-        _atomic_write(path, data)
+    boot = os.path.join(directory, "_wetlite_worker.py")
+    if not os.path.isfile(boot):
+        _atomic_write(os.path.join(directory, "wetlite.py"), data)
+        _atomic_write(boot, _WORKER_BOOT)
     return directory
 
 
@@ -4669,8 +4848,9 @@ def _apply_activation(base, activation):
     return env
 
 
-class _NotSent(Exception):
-    """The worker was found dead before a request could be sent: try a new one."""
+class _NotSent(WorkerDied):
+    """The worker was found gone before a request could be sent: nothing ran,
+    so the environment may start a new worker and send it there."""
 
 
 class _Waiter(object):
@@ -4716,6 +4896,7 @@ class _Worker(object):
         self._closed = False
         self._stderr_tail = collections.deque(maxlen=_OUTPUT_TAIL_LINES)
         self.shm_pool = self.shm_cache = self.shm_worker_prefix = None
+        self._pending = []                      # control messages waiting for the send lock
         self._streams = []
         self._lifeline = None
         self._start(timeout)
@@ -4723,123 +4904,144 @@ class _Worker(object):
     # -- starting -----------------------------------------------------------
 
     def _start(self, timeout):
-        import pickle
-        import subprocess
-        import tempfile
-        import threading
-        import time
+        """Start the worker and shake hands; on any failure leave nothing behind."""
         import weakref
-        from multiprocessing.connection import Client, Listener
         global _LIVE_WORKERS
-        env = self.env
-        key = os.urandom(32)
-        sock_dir = tempfile.mkdtemp(prefix="wetlite-")          # 0700: private to this user
+        # What can fail without side effects goes first.
+        environ = self.env._worker_environ()
+        argv = self.env._worker_argv()
+        scaffolding = []            # the listener and its socket dir: gone once connected, or failed
         try:
-            if _WINDOWS:
-                family, address = "AF_PIPE", r"\\.\pipe\wetlite-%s" % os.urandom(8).hex()
-            else:
-                family, address = "AF_UNIX", os.path.join(sock_dir, "worker.sock")
-            try:
-                listener = Listener(address, family, backlog=1, authkey=key)
-            except OSError:
-                family = "AF_INET"                              # the last resort
-                listener = Listener(("127.0.0.1", 0), family, backlog=1, authkey=key)
-                address = listener.address
-            shown = "%s:%d" % address if family == "AF_INET" else address
-            lifeline_read = ""
-            pass_fds = ()
-            if not _WINDOWS:
-                lifeline_read, self._lifeline = os.pipe()
-                pass_fds = (lifeline_read,)
-            environ = env._worker_environ()
-            environ[_WORKER_ENV] = "|".join([shown, family, key.hex(), str(lifeline_read), str(os.getpid())])
-            argv = env._worker_argv()
-            kwargs = _session_kwargs()
-            try:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, env=environ, pass_fds=pass_fds, **kwargs)
-            except OSError as exc:
-                listener.close()
-                raise ToolError("cannot start the worker of environment %r with %s: %s" % (self.name, argv[0], exc))
-            finally:
-                if lifeline_read != "":
-                    os.close(lifeline_read)
-            for stream, is_err in ((self.proc.stdout, False), (self.proc.stderr, True)):
-                t = threading.Thread(target=self._pump_output, args=(stream, is_err),
-                                     name="wetlite-output-%s" % self.name)
-                t.daemon = True
-                t.start()
-                self._streams.append(t)
-            accepted = {}
-
-            def accept():
-                # A client with the wrong key is refused, and we wait on for
-                # ours, until the launch gives up and wakes us with "stop".
-                while "stop" not in accepted:
-                    try:
-                        conn = listener.accept()
-                    except Exception:
-                        continue
-                    if "stop" in accepted:
-                        conn.close()
-                    else:
-                        accepted["conn"] = conn
-                    return
-            acceptor = threading.Thread(target=accept, name="wetlite-accept-%s" % self.name)
-            acceptor.daemon = True
-            acceptor.start()
-            deadline = time.monotonic() + timeout
-            while acceptor.is_alive():
-                acceptor.join(0.05)
-                if acceptor.is_alive() and (self.proc.poll() is not None or time.monotonic() > deadline):
-                    accepted["stop"] = True
-                    try:                                # wake accept() up
-                        Client(address, family).close()
-                    except (OSError, EOFError):
-                        pass
-                    acceptor.join(5)
-                    break
-            listener.close()
-            self.conn = accepted.get("conn")
-            if self.conn is None:
-                died = self.proc.poll() is not None
-                self._kill()
-                raise self._died("exited before connecting" if died else
-                                 "did not connect within %s s" % timeout)
-            if not self.conn.poll(timeout):
-                self._kill()
-                raise self._died("did not say hello within %s s" % timeout)
-            try:
-                hello = pickle.loads(self.conn.recv_bytes())
-            except (EOFError, OSError):
-                raise self._died("closed the connection before saying hello")
-            if not (isinstance(hello, tuple) and len(hello) >= 6 and hello[0] == "hello"):
-                self._kill()
-                raise ProtocolError("the worker of environment %r sent %r instead of a hello" % (self.name, hello))
-            if hello[1] != PROTOCOL_VERSION:
-                self._kill()
-                raise ProtocolError(
-                    "protocol mismatch: host wetlite %s speaks protocol %d, the worker of environment %r runs wetlite "
-                    "%s (protocol %s) on Python %s; make sure nothing in the environment shadows wetlite"
-                    % (__version__, PROTOCOL_VERSION, self.name, hello[2], hello[1], hello[3]))
-            self.protocol = min(hello[4], pickle.HIGHEST_PROTOCOL)
-            self.worker_python = hello[3]
-            self.pid = hello[5]
-            worker_prefix = None
-            if len(hello) > 6 and hello[6] and self.protocol >= 5 and _shm_available():
-                token = "wl%s" % os.urandom(4).hex()        # short: macOS caps names at 31 characters
-                worker_prefix = token + "w"
-                self.shm_pool = _ShmPool(token + "h")
-                self.shm_cache = _ShmCache()
-                self.shm_worker_prefix = worker_prefix
-            self.conn.send_bytes(pickle.dumps(("hello", self.protocol, worker_prefix), 2))
+            self._connect(argv, environ, timeout, scaffolding)
+        except BaseException:
+            self._abort()
+            raise
         finally:
-            _rmtree(sock_dir)
+            for item in scaffolding:
+                if isinstance(item, str):
+                    _rmtree(item)
+                else:
+                    item.close()
         if _LIVE_WORKERS is None:
             import atexit
             _LIVE_WORKERS = weakref.WeakSet()
             atexit.register(_stop_live_workers)
         _LIVE_WORKERS.add(self)
+
+    def _abort(self):
+        """Undo a launch that failed half way."""
+        if self.proc is not None:
+            _kill_tree(self.proc)
+        with self._cond:
+            if self.dead is None:
+                self.dead = WorkerDied("the worker of environment %r did not start" % self.name)
+        self._close_handles()
+        for t in self._streams:
+            t.join(0.2)
+
+    def _connect(self, argv, environ, timeout, scaffolding):
+        """Listen, spawn, accept and say hello.  ``scaffolding`` gets what to clean up."""
+        import pickle
+        import subprocess
+        import tempfile
+        import threading
+        import time
+        from multiprocessing.connection import Client, Listener
+        deadline = time.monotonic() + timeout
+        key = os.urandom(32)
+        sock_dir = tempfile.mkdtemp(prefix="wetlite-")          # 0700: private to this user
+        scaffolding.append(sock_dir)
+        if _WINDOWS:
+            family, address = "AF_PIPE", r"\\.\pipe\wetlite-%s" % os.urandom(8).hex()
+        else:
+            family, address = "AF_UNIX", os.path.join(sock_dir, "worker.sock")
+        try:
+            listener = Listener(address, family, backlog=1, authkey=key)
+        except OSError:
+            family = "AF_INET"                                  # the last resort
+            listener = Listener(("127.0.0.1", 0), family, backlog=1, authkey=key)
+            address = listener.address
+        scaffolding.insert(0, listener)
+        shown = "%s:%d" % address if family == "AF_INET" else address
+        lifeline_read = ""
+        pass_fds = ()
+        if not _WINDOWS:
+            lifeline_read, self._lifeline = os.pipe()
+            pass_fds = (lifeline_read,)
+        environ[_WORKER_ENV] = "|".join([shown, family, key.hex(), str(lifeline_read), str(os.getpid())])
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=environ, pass_fds=pass_fds,
+                                         **_session_kwargs())
+        except OSError as exc:
+            raise ToolError("cannot start the worker of environment %r with %s: %s" % (self.name, argv[0], exc))
+        finally:
+            if lifeline_read != "":
+                os.close(lifeline_read)
+        for stream, is_err in ((self.proc.stdout, False), (self.proc.stderr, True)):
+            t = threading.Thread(target=self._pump_output, args=(stream, is_err),
+                                 name="wetlite-output-%s" % self.name)
+            t.daemon = True
+            t.start()
+            self._streams.append(t)
+        accepted = {}
+
+        def accept():
+            # A client with the wrong key is refused, and we wait on for
+            # ours, until the launch gives up and wakes us with "stop".
+            while "stop" not in accepted:
+                try:
+                    conn = listener.accept()
+                except Exception:
+                    continue
+                if "stop" in accepted:
+                    conn.close()
+                else:
+                    accepted["conn"] = conn
+                return
+        acceptor = threading.Thread(target=accept, name="wetlite-accept-%s" % self.name)
+        acceptor.daemon = True
+        acceptor.start()
+        while acceptor.is_alive():
+            acceptor.join(0.05)
+            if acceptor.is_alive() and (self.proc.poll() is not None or time.monotonic() > deadline):
+                accepted["stop"] = True
+                try:                                    # wake accept() up
+                    Client(address, family).close()
+                except (OSError, EOFError):
+                    pass
+                acceptor.join(5)
+                break
+        self.conn = accepted.get("conn")
+        if self.conn is None:
+            died = self.proc.poll() is not None
+            _kill_tree(self.proc)
+            raise self._died("exited before connecting" if died else "did not connect within %s s" % timeout)
+        if not self.conn.poll(max(deadline - time.monotonic(), 0.1)):
+            _kill_tree(self.proc)
+            raise self._died("did not say hello within %s s" % timeout)
+        try:
+            hello = pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            _kill_tree(self.proc)
+            raise self._died("closed the connection before saying hello")
+        if not (isinstance(hello, tuple) and len(hello) >= 6 and hello[0] == "hello"):
+            raise ProtocolError("the worker of environment %r sent %r instead of a hello" % (self.name, hello))
+        if hello[1] != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "protocol mismatch: host wetlite %s speaks protocol %d, the worker of environment %r runs wetlite "
+                "%s (protocol %s) on Python %s; make sure nothing in the environment shadows wetlite"
+                % (__version__, PROTOCOL_VERSION, self.name, hello[2], hello[1], hello[3]))
+        self.protocol = min(hello[4], pickle.HIGHEST_PROTOCOL)
+        self.worker_python = hello[3]
+        worker_prefix = None
+        if len(hello) > 6 and hello[6] and self.protocol >= 5 and _shm_available():
+            token = "wl%s" % os.urandom(4).hex()            # short: macOS caps names at 31 characters
+            worker_prefix = token + "w"
+            self.shm_pool = _ShmPool(token + "h")
+            self.shm_cache = _ShmCache()
+            self.shm_worker_prefix = worker_prefix
+        self.conn.send_bytes(pickle.dumps(("hello", self.protocol, worker_prefix), 2))
 
     def _pump_output(self, stream, is_err):
         logger = _log()
@@ -4882,50 +5084,53 @@ class _Worker(object):
             message = message + (payload,)
         call_id = next(self._ids)
         data = pickle.dumps((message[0], call_id) + message[1:], self.protocol)
-        if timeout is None and future is None:
-            with self._lock:
-                fast = self.dead is None and not self._reading and not self._waiters
-                if fast:
-                    # Nothing else in flight: send and read our own reply on
-                    # this thread, with no bookkeeping.  Sending under the
-                    # lock keeps another thread's request from going first.
-                    self._reading = True
-                    try:
-                        with self._send_lock:
-                            self.conn.send_bytes(data)
-                    except (OSError, EOFError, ValueError):
-                        self._reading = False
-                        fast = None
-            if fast:
-                return self._fast_reply(call_id, what, segments)
-            if fast is None:
-                self._on_death()
-                raise _NotSent()
-        import time
+        waiter = None
         if timeout is not None:
+            import time
             timeout = time.monotonic() + timeout
-        waiter = _Waiter(call_id, what, future, timeout)
-        waiter.segments = segments
-        with self._lock:
-            if self.dead is not None:
-                raise self.dead
-            self._waiters[call_id] = waiter
-            self._order.append(call_id)
-            if timeout is not None:
-                self._timed += 1
-            if future is not None:
-                self._futures += 1
-        try:
-            with self._send_lock:
+        # The send lock covers registering and sending, so that _order is the
+        # order the worker sees (it runs calls in that order).
+        with self._send_lock:
+            with self._lock:
+                if self.dead is not None:
+                    raise _NotSent("the worker of environment %r is gone" % self.name)
+                fast = timeout is None and future is None and not self._reading and not self._waiters
+                if fast:
+                    # Nothing else in flight: this thread reads its own reply,
+                    # with no waiter and no hand-off.
+                    self._reading = True
+                else:
+                    waiter = _Waiter(call_id, what, future, timeout)
+                    waiter.segments = segments
+                    self._waiters[call_id] = waiter
+                    if timeout is not None:
+                        self._timed += 1
+                    if future is not None:
+                        self._futures += 1
+                self._order.append(call_id)
+            if self._pending:
+                self._flush_pending()
+            try:
                 self.conn.send_bytes(data)
-        except (OSError, EOFError, ValueError):
+                sent = True
+            except (OSError, EOFError, ValueError):
+                sent = False
+            except BaseException:
+                # Interrupted mid-send: the socket may hold half a frame.
+                self._forget(call_id, fast)
+                self._kill()
+                raise
+        if not sent:
+            self._forget(call_id, fast)
             self._on_death()
-            if future is None:
-                raise _NotSent()
+            raise _NotSent("the worker of environment %r is gone" % self.name)
+        if fast:
+            return self._fast_reply(call_id, what, segments)
         if future is not None:
             self._ensure_pump()
             if timeout is not None:
                 # Whoever reads may be blocked on a long call: a timer keeps the deadline.
+                import time
                 self._expire_later(timeout - time.monotonic())
             return future
         try:
@@ -4935,13 +5140,32 @@ class _Worker(object):
             raise
         return self._result(waiter)
 
+    def _forget(self, call_id, fast):
+        """Undo the registration of a call that was never (wholly) sent."""
+        with self._lock:
+            if fast:
+                self._reading = False
+            waiter = self._waiters.pop(call_id, None)
+            if waiter is not None:
+                self._timed -= waiter.deadline is not None
+                self._futures -= waiter.future is not None
+            try:
+                self._order.remove(call_id)
+            except ValueError:
+                pass
+
     def _fast_reply(self, call_id, what, segments):
         import pickle
         reply = None
         try:
-            reply = pickle.loads(self.conn.recv_bytes())
+            while True:
+                reply = pickle.loads(self.conn.recv_bytes())
+                if reply[1] == call_id:
+                    break
+                self._dispatch(reply)           # e.g. "cancelled" for a queued call sent after ours
+                reply = None
         except (EOFError, OSError):
-            pass
+            reply = None
         except BaseException:
             # Interrupted (Ctrl-C) mid-call: the worker still runs it and the
             # connection may hold half a message.  Stop it; the next call
@@ -4951,21 +5175,19 @@ class _Worker(object):
         finally:
             with self._lock:
                 self._reading = False
+                order = self._order
+                if order and order[0] == call_id:
+                    order.popleft()
+                elif call_id in order:
+                    order.remove(call_id)
                 if self._sleepers or self._futures:
                     self._cond.notify_all()
         if reply is None:
             self._on_death()
             raise self.dead
-        if reply[1] != call_id:
-            raise ProtocolError("the worker of environment %r answered call %r instead of %r"
-                                % (self.name, reply[1], call_id))
         if segments:
-            self._settle_segments(segments, reply)
+            self.shm_pool.release(segments)     # the worker has copied them out
         return self._decode(reply, what)
-
-    def _settle_segments(self, segments, reply):
-        """The worker answered, so it has copied our argument segments out: reuse them."""
-        self.shm_pool.release(segments)
 
     def _what(self, what):
         if isinstance(what, tuple):
@@ -5001,7 +5223,7 @@ class _Worker(object):
                                     % (self._what(what), type(exc).__name__, exc))
             finally:
                 if type(payload) is tuple:      # copied out: the worker may reuse its segments
-                    self._send_quietly(("release", [ref[0] for ref in payload[2]]))
+                    self._release([ref[0] for ref in payload[2]])
         if kind == "err":
             raise _rebuild_error(reply[2], self._what(what))
         if kind == "died":
@@ -5026,8 +5248,10 @@ class _Worker(object):
                 else:
                     wake = self._next_deadline_locked()
                     self._sleepers += 1
-                    cond.wait(None if wake is None else max(0.0, wake - time.monotonic()) + 0.001)
-                    self._sleepers -= 1
+                    try:
+                        cond.wait(None if wake is None else max(0.0, wake - time.monotonic()) + 0.001)
+                    finally:
+                        self._sleepers -= 1
             if not reader:
                 if not waiter.done:
                     self._expire()
@@ -5103,7 +5327,7 @@ class _Worker(object):
                 self._interrupt()
                 self._expire_later(_INTERRUPT_GRACE)
             else:
-                self._send_quietly(("cancel", w.id))
+                self._send_soon(("cancel", w.id))
             if w.future is not None:
                 self._settle_future(w, self._timeout_error(w))
 
@@ -5129,15 +5353,19 @@ class _Worker(object):
             if waiter.deadline is not None:
                 self._timed -= 1
             if waiter.segments:
-                self._settle_segments(waiter.segments, reply)
+                self.shm_pool.release(waiter.segments)     # the worker has copied them out
+            unread = waiter.timed_out or (waiter.future is not None and waiter.future.done())
             waiter.reply = reply
             waiter.done = True
-            if waiter.future is None:
-                if self._sleepers:
-                    self._cond.notify_all()
-                return
-            self._futures -= 1
-        if not waiter.timed_out:
+            if waiter.future is not None:
+                self._futures -= 1
+            elif self._sleepers:
+                self._cond.notify_all()
+        if unread:
+            # Nobody will decode this reply: let the worker reuse its result segments.
+            if reply[0] == "ok" and type(reply[2]) is tuple:
+                self._release([ref[0] for ref in reply[2][2]])
+        elif waiter.future is not None:
             try:
                 self._settle_future(waiter, None)
             except BaseException as exc:
@@ -5198,6 +5426,36 @@ class _Worker(object):
         except OSError:
             pass
 
+    def _release(self, names):
+        """Tell the worker it may reuse these result segments."""
+        self._send_soon(("release", names))
+
+    def _send_soon(self, message):
+        """Send a small control message without waiting for the send lock.
+
+        Its holder may be blocked sending a large request while the worker is
+        blocked sending to the thread that reads, which may be this one: if
+        the lock is taken, the next call sends the message before its own.
+        """
+        with self._lock:
+            self._pending.append(message)
+        if self._send_lock.acquire(False):
+            try:
+                self._flush_pending()
+            finally:
+                self._send_lock.release()
+
+    def _flush_pending(self):
+        """Send queued control messages; the caller holds the send lock."""
+        import pickle
+        with self._lock:
+            messages, self._pending = self._pending, []
+        for message in messages:
+            try:
+                self.conn.send_bytes(pickle.dumps(message, self.protocol))
+            except (OSError, EOFError, ValueError):
+                return
+
     def _send_quietly(self, message):
         import pickle
         try:
@@ -5231,7 +5489,7 @@ class _Worker(object):
             self.name, what, status, ":\n" + "\n".join("  " + l for l in self._stderr_tail) if tail else ""),
             exitcode=code, signal=signal_number, stderr_tail=tail)
 
-    def _on_death(self, reason="died"):
+    def _on_death(self):
         """Fail every pending call: the worker is gone."""
         with self._cond:
             if self.dead is not None:
@@ -5240,22 +5498,25 @@ class _Worker(object):
             self.dead = WorkerDied("the worker of environment %r is gone" % self.name)
         if self.proc is not None:
             _kill_tree(self.proc)       # its children may still hold the output pipes
-        died = self._died(reason)
+        self._fail_all(self._died("died"))
+        self._close_handles()
+        self._free_shared_memory(worker_gone=True)
+
+    def _fail_all(self, error):
+        """Mark the worker gone with ``error``; every pending call fails with it."""
         with self._cond:
-            self.dead = died
+            self.dead = error
             waiters = list(self._waiters.values())
             self._waiters.clear()
             self._order.clear()
             self._futures = self._timed = 0
             for w in waiters:
-                w.reply = ("died", w.id, died)
+                w.reply = ("died", w.id, error)
                 w.done = True
             self._cond.notify_all()
         for w in waiters:
             if w.future is not None and not w.future.done():
-                w.future.set_exception(self._timeout_error(w) if w.timed_out else died)
-        self._close_handles()
-        self._free_shared_memory(worker_gone=True)
+                w.future.set_exception(self._timeout_error(w) if w.timed_out else error)
 
     def _free_shared_memory(self, worker_gone):
         """Unlink our segments; if the worker died, unlink its segments too."""
@@ -5295,7 +5556,7 @@ class _Worker(object):
             self._closed = True
             self._cond.notify_all()
         if self.dead is None and self.conn is not None:
-            busy = bool(self._waiters)
+            busy = bool(self._order)
             self._send_quietly(("exit",))
             if busy:
                 self._interrupt()               # let a running call end before the exit is read
@@ -5306,18 +5567,8 @@ class _Worker(object):
                 pass
             _kill_tree(self.proc)
         if self.dead is None:
-            with self._cond:
-                waiters = list(self._waiters.values())
-                self._waiters.clear()
-                self.dead = WorkerDied("the worker of environment %r was stopped by exit()" % self.name,
-                                       exitcode=self.proc.returncode if self.proc else None)
-                for w in waiters:
-                    w.reply = ("died", w.id, self.dead)
-                    w.done = True
-                self._cond.notify_all()
-            for w in waiters:
-                if w.future is not None and not w.future.done():
-                    w.future.set_exception(self.dead)
+            self._fail_all(WorkerDied("the worker of environment %r was stopped by exit()" % self.name,
+                                      exitcode=self.proc.returncode if self.proc else None))
         self._close_handles()
         self._free_shared_memory(worker_gone=True)      # it has exited (or was killed) by now
         for t in self._streams:

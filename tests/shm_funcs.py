@@ -54,7 +54,7 @@ def die():
 
 def shm_state():
     """Which segments the worker has attached and owns (names only)."""
-    state = sys.modules["__main__"]._WorkerState
+    state = sys.modules["wetlite"]._WorkerState
     pool = state.pool
     return {"attached": sorted(state.cache.maps) if state.cache else [],
             "owned": sorted(list(pool.busy) + [s.name for s in pool.free]) if pool else []}

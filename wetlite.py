@@ -54,7 +54,7 @@ Environment variables:
     WETLITE_DOWNLOAD_URL   mirror base URL: assets come from {url}/{version}/{asset}
     WETLITE_DOWNLOAD_TIMEOUT  seconds before a stalled download is retried (default 30)
     WETLITE_SHM            0: large buffers go through the socket, not shared memory
-    WETLITE_DEBUG          1: debug logging, and generated scripts are kept
+    WETLITE_DEBUG          1: generated scripts are kept; the CLI logs at debug level
 
 Security notes: wetlite downloads Pixi from github.com/prefix-dev/pixi and
 Micromamba from github.com/mamba-org/micromamba-releases (or the mirror named
@@ -373,9 +373,16 @@ def _human_bytes(n):
 # =============================================================================
 
 
+_THIS_PLATFORM = []
+
+
 def _platform_id(system=None, machine=None):
     """Return ``(os, arch)`` for this machine: os is linux, osx or win."""
-    if system is None or machine is None:
+    if system is None and machine is None:
+        if not _THIS_PLATFORM:              # macOS asks sysctl: once is enough
+            _THIS_PLATFORM.append(_platform_id("", ""))
+        return _THIS_PLATFORM[0]
+    if not system or not machine:
         import platform
         system = system or platform.system()
         machine = machine or platform.machine()
@@ -2912,8 +2919,12 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
         except OSError as exc:
             raise ToolError("cannot run %s: %s" % (argv[0], exc))
         timer = None
+        timed_out = []
         if timeout is not None:
-            timer = threading.Timer(timeout, _kill_tree, (proc,))
+            def expire():
+                timed_out.append(True)
+                _kill_tree(proc)
+            timer = threading.Timer(timeout, expire)
             timer.daemon = True
             timer.start()
         try:
@@ -2929,6 +2940,10 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
     finally:
         if log_file is not None:
             log_file.close()
+    if timed_out:
+        raise CommandError("%s did not finish within %s s and was stopped:\n%s"
+                           % (what or label, timeout, "\n".join("  " + l for l in tail)),
+                           returncode=returncode, output_tail="\n".join(tail))
     if returncode != 0 and what is not None:
         raise CommandError(
             "%s failed with exit code %s%s:\n%s" % (
@@ -2986,13 +3001,14 @@ class Environment(object):
         self._worker = None
         self._worker_output = None
         self._activation_cache = None
+        self._launching = _thread_lock()
 
     def __repr__(self):
         return "<%s %r (%s) at %r>" % (type(self).__name__, self.name, self.tool, self.path)
 
     # -- dependencies -------------------------------------------------------
 
-    def install(self, dependencies=None, config=None, progress=None):
+    def install(self, dependencies=None, *, config=None, progress=None):
         """Install more dependencies (same spec format as ``create``)."""
         self.manager._install(self, dependencies, config, progress)
 
@@ -3100,12 +3116,9 @@ class Environment(object):
         """
         import subprocess
         shell, argv = self._prepare_script(commands, shell)
-        returncode, lines = _run_streaming(argv, self.name, env=_child_environ(env, scrub_tools=True), cwd=cwd,
-                                           on_line=output, timeout=timeout, log_level=10)
-        if timeout is not None and returncode < 0 and not _WINDOWS:
-            raise CommandError("commands in environment %r did not finish within %s s and were stopped"
-                               % (self.name, timeout), returncode=returncode,
-                               output_tail="\n".join(lines[-_OUTPUT_TAIL_LINES:]))
+        returncode, lines = _run_streaming(argv, "commands in environment %r" % self.name,
+                                           env=_child_environ(env, scrub_tools=True), cwd=cwd, on_line=output,
+                                           timeout=timeout, log_level=10)
         if check and returncode != 0:
             tail = "\n".join(lines[-_OUTPUT_TAIL_LINES:])
             raise CommandError("command failed with exit code %s in environment %r:\n%s"
@@ -3125,13 +3138,14 @@ class Environment(object):
 
         Calls start the worker on demand too, and restart it after a crash.
         """
-        worker = self._worker
-        if output is not None:
-            self._worker_output = output
-            if worker is not None:
-                worker.output = output
-        if worker is None or worker.dead is not None or worker._closed:
-            self._worker = _Worker(self, timeout, self._worker_output)
+        with self._launching:               # two threads after a crash start one worker
+            worker = self._worker
+            if output is not None:
+                self._worker_output = output
+                if worker is not None:
+                    worker.output = output
+            if worker is None or worker.dead is not None or worker._closed:
+                self._worker = _Worker(self, timeout, self._worker_output)
         return self
 
     def _running_worker(self):
@@ -3158,6 +3172,8 @@ class Environment(object):
         (seconds) raises CallTimeout and stops the call.
         """
         module = _TARGETS.get(module) or _module_target(module)
+        if type(args) is not tuple and type(args) is not list or kwargs is not None and type(kwargs) is not dict:
+            _check_call_arguments(function, args, kwargs)
         worker = self._worker
         if worker is None or worker.dead is not None or worker._closed:
             worker = self._running_worker()
@@ -3170,6 +3186,7 @@ class Environment(object):
         """Like execute(), but return a concurrent.futures.Future at once."""
         import concurrent.futures
         module = _module_target(module)
+        _check_call_arguments(function, args, kwargs)
         future = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         return self._call(("call", module, function), (args, kwargs), (module, function), timeout, future)
@@ -3253,6 +3270,21 @@ class Environment(object):
     executeCommands = execute_commands
     importModule = import_module
     runScript = run_script
+
+
+def _thread_lock():
+    import _thread
+    return _thread.allocate_lock()
+
+
+def _check_call_arguments(function, args, kwargs):
+    if not isinstance(function, str) or not function:
+        raise SpecError("function must be a name such as 'imread' or 'Model.predict', not %r" % (function,))
+    if not isinstance(args, (tuple, list)):
+        raise SpecError("args must be a tuple or a list of the positional arguments, not %s %r (for one "
+                        "argument write (value,))" % (type(args).__name__, args))
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise SpecError("kwargs must be a dict of keyword arguments, not %s %r" % (type(kwargs).__name__, kwargs))
 
 
 _TARGETS = {}        # module name -> itself: names need no work on the next call
@@ -3517,7 +3549,7 @@ class EnvironmentManager(object):
 
     # -- creating -----------------------------------------------------------
 
-    def create(self, name, dependencies=None, config=None, force_external=False, replace=False, progress=None):
+    def create(self, name, dependencies=None, *, config=None, force_external=False, replace=False, progress=None):
         """Create (or reuse) the environment ``name`` and return it.
 
         :param dependencies: ``{"python": "3.11", "conda": [...], "pip": [...],

@@ -1216,3 +1216,14 @@ def test_seed_aliases(env, tmp_path):
     proc = env.executeCommands([["python", "-c", "print(6 * 7)"]])
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "42" in out
+
+
+def test_bad_call_arguments_are_spec_errors(env):
+    with pytest.raises(wetlite.SpecError, match="'a.tif'") as info:
+        env.execute("os.path", "basename", "a.tif")             # a string, not a tuple of arguments
+    assert "(value,)" in str(info.value)
+    with pytest.raises(wetlite.SpecError, match="kwargs"):
+        env.execute("os.path", "join", ("a",), ["b"])
+    with pytest.raises(wetlite.SpecError, match="function"):
+        env.submit("os.path", None, ("a",))
+    assert env.execute("os.path", "basename", ["/x/a.tif"]) == "a.tif"     # a list is fine

@@ -2831,6 +2831,11 @@ def _shell_argv(shell, script_path):
 # =============================================================================
 
 
+def _indent(lines):
+    """Lines of output, indented under an error message."""
+    return "\n".join("  " + line for line in lines)
+
+
 def _child_environ(extra=None, scrub_tools=False):
     env = dict(os.environ)
     for name in _SCRUBBED_VARS + (_TOOL_SCRUBBED_VARS if scrub_tools else ()):
@@ -2941,13 +2946,12 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
         if log_file is not None:
             log_file.close()
     if timed_out:
-        raise CommandError("%s did not finish within %s s and was stopped:\n%s"
-                           % (what or label, timeout, "\n".join("  " + l for l in tail)),
+        raise CommandError("%s did not finish within %s s and was stopped:\n%s" % (what or label, timeout, _indent(tail)),
                            returncode=returncode, output_tail="\n".join(tail))
     if returncode != 0 and what is not None:
         raise CommandError(
             "%s failed with exit code %s%s:\n%s" % (
-                what, returncode, " (see %s)" % log_path if log_path else "", "\n".join("  " + l for l in tail)),
+                what, returncode, " (see %s)" % log_path if log_path else "", _indent(tail)),
             returncode=returncode, output_tail="\n".join(tail))
     return returncode, lines
 
@@ -2964,8 +2968,7 @@ def _run_capture(argv, env=None, cwd=None, timeout=600, what=None):
         raise ToolError("cannot run %s: %s" % (argv[0], exc))
     if proc.returncode != 0:
         tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-_OUTPUT_TAIL_LINES:]
-        raise CommandError("%s failed with exit code %d:\n%s" % (what or argv[0], proc.returncode,
-                                                                 "\n".join("  " + l for l in tail)),
+        raise CommandError("%s failed with exit code %d:\n%s" % (what or argv[0], proc.returncode, _indent(tail)),
                            returncode=proc.returncode, output_tail="\n".join(tail))
     return proc.stdout.decode("utf-8", "replace")
 
@@ -3122,7 +3125,7 @@ class Environment(object):
         if check and returncode != 0:
             tail = "\n".join(lines[-_OUTPUT_TAIL_LINES:])
             raise CommandError("command failed with exit code %s in environment %r:\n%s"
-                               % (returncode, self.name, "\n".join("  " + l for l in lines[-_OUTPUT_TAIL_LINES:])),
+                               % (returncode, self.name, _indent(lines[-_OUTPUT_TAIL_LINES:])),
                                returncode=returncode, output_tail=tail)
         return subprocess.CompletedProcess(argv, returncode, "\n".join(lines) + ("\n" if lines else ""), None)
 
@@ -3644,25 +3647,31 @@ class EnvironmentManager(object):
         self._pip_step(env, recipe["spec"]["pip"], recipe["config"], recipe["subdir"], progress)
 
     def _build_micromamba(self, env, recipe, progress):
+        spec, cfg = recipe["spec"], recipe["config"]
+        from_file = cfg is not None and cfg["kind"] == "environment"
+        # An environment.yml may name the python itself.
+        python = None if from_file and cfg["python"] and not spec["python"] else \
+            recipe["python"] or self._default_python()
+        self._micromamba_steps(env, spec, cfg, recipe["subdir"], python, progress, create=True)
+
+    def _micromamba_steps(self, env, spec, cfg, subdir, python, progress, create):
+        """micromamba create (or install), its --no-deps packages, then pip."""
         exe = self.install_tool(progress)
-        spec, cfg, subdir = recipe["spec"], recipe["config"], recipe["subdir"]
         with_deps, no_deps = _select_entries(spec["conda"], subdir, "conda")
         from_file = cfg is not None and cfg["kind"] == "environment"
-        specs = []
-        if spec["python"] or not from_file or cfg["python"] is None:
-            specs.append(_python_conda_spec(recipe["python"] or self._default_python()))
-        specs.extend(with_deps)
-        channels = self._channels_for(spec, cfg, with_deps + no_deps)
         common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root), "--override-channels"]
-        for channel in channels:
+        for channel in self._channels_for(spec, cfg, with_deps + no_deps):
             common += ["-c", channel]
-        argv = [exe, "create"] + common + (["-f", cfg["path"]] if from_file else []) + specs
-        self._run_tool(argv, env.name, "solve", progress, what="micromamba create")
+        specs = ([_python_conda_spec(python)] if python else []) + with_deps
+        if create or specs or from_file:
+            verb = "create" if create else "install"
+            self._run_tool([exe, verb] + common + (["-f", cfg["path"]] if from_file else []) + specs, env.name,
+                           "solve", progress, what="micromamba " + verb)
         if no_deps:
             self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve", progress,
                            what="micromamba install --no-deps")
-        pip_config = cfg if cfg is not None and cfg["kind"] == "requirements" else None
-        self._pip_step(env, spec["pip"], pip_config, subdir, progress)
+        self._pip_step(env, spec["pip"], cfg if cfg is not None and cfg["kind"] == "requirements" else None,
+                       subdir, progress)
 
     def _build_pixi(self, env, recipe, progress):
         import shutil
@@ -3742,21 +3751,7 @@ class EnvironmentManager(object):
         lock = self._lock(env.name) if env.managed else _NullContext()
         with lock:
             if env.tool == "micromamba":
-                exe = self.install_tool(progress)
-                with_deps, no_deps = _select_entries(spec["conda"], subdir, "conda")
-                common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root), "--override-channels"]
-                for channel in self._channels_for(spec, cfg, with_deps + no_deps):
-                    common += ["-c", channel]
-                extra = (["-f", cfg["path"]] if cfg is not None and cfg["kind"] == "environment" else [])
-                if with_deps or extra or spec["python"]:
-                    specs = ([_python_conda_spec(spec["python"])] if spec["python"] else []) + with_deps
-                    self._run_tool([exe, "install"] + common + extra + specs, env.name, "solve", progress,
-                                   what="micromamba install")
-                if no_deps:
-                    self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve",
-                                   progress, what="micromamba install --no-deps")
-                self._pip_step(env, spec["pip"], cfg if cfg and cfg["kind"] == "requirements" else None,
-                               subdir, progress)
+                self._micromamba_steps(env, spec, cfg, subdir, spec["python"], progress, create=False)
             elif env.tool == "pixi":
                 exe = self.install_tool(progress)
                 self._pixi_add(env, exe, spec, cfg, subdir, spec["python"], progress)
@@ -4699,20 +4694,8 @@ def _dumps_payload(obj, protocol, pool):
         except TypeError:
             return _dumps_with_reducers(obj, protocol, None)
     refs = []
-
-    def out_of_band(buffer, kind="keep"):
-        raw = buffer.raw()
-        size = raw.nbytes
-        if size < _SHM_THRESHOLD:
-            return True
-        segment = pool.take(size)
-        if segment is None:
-            return True
-        segment.buf[:size] = raw
-        refs.append((segment.name, size, kind))
-        return False
     try:
-        data = pickle.dumps(obj, protocol, buffer_callback=out_of_band)
+        data = pickle.dumps(obj, protocol, buffer_callback=_out_of_band(pool, refs))
     except TypeError:
         data = None             # a memoryview: the reducers below know it
     except BaseException:
@@ -4722,6 +4705,23 @@ def _dumps_payload(obj, protocol, pool):
         return ("shm", data, refs) if refs else data
     pool.release([r[0] for r in refs])      # big bytes in-band: start over with the reducers
     return _dumps_with_reducers(obj, protocol, pool)
+
+
+def _out_of_band(pool, refs, kinds=None):
+    """A pickle buffer_callback: big buffers go into ``pool`` segments, listed in ``refs``.
+
+    ``kinds`` maps id(PickleBuffer) to the kind the reducers gave it.
+    """
+    def callback(buffer):
+        raw = buffer.raw()
+        size = raw.nbytes
+        segment = pool.take(size) if size >= _SHM_THRESHOLD else None
+        if segment is None:
+            return True                         # in-band
+        segment.buf[:size] = raw
+        refs.append((segment.name, size, kinds.get(id(buffer), ("keep",))[0] if kinds else "keep"))
+        return False
+    return callback
 
 
 def _has_big_bytes(obj, budget=10000):
@@ -4753,18 +4753,7 @@ def _dumps_with_reducers(obj, protocol, pool):
         return stream.getvalue()
     refs = []
     kinds = {}
-
-    def out_of_band(buffer):
-        kind = kinds.get(id(buffer), ("keep",))[0]
-        raw = buffer.raw()
-        size = raw.nbytes
-        segment = pool.take(size) if size >= _SHM_THRESHOLD else None
-        if segment is None:
-            return True
-        segment.buf[:size] = raw
-        refs.append((segment.name, size, kind))
-        return False
-    pickler = cls(stream, protocol, buffer_callback=out_of_band)
+    pickler = cls(stream, protocol, buffer_callback=_out_of_band(pool, refs, kinds))
     pickler.kinds = kinds
     try:
         pickler.dump(obj)
@@ -5518,7 +5507,7 @@ class _Worker(object):
         status = ("killed by signal %d" % signal_number if signal_number else
                   "exit code %s" % code if code is not None else "still running")
         return WorkerDied("the worker of environment %r %s (%s)%s" % (
-            self.name, what, status, ":\n" + "\n".join("  " + l for l in self._stderr_tail) if tail else ""),
+            self.name, what, status, ":\n" + _indent(self._stderr_tail) if tail else ""),
             exitcode=code, signal=signal_number, stderr_tail=tail)
 
     def _on_death(self):

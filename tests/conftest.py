@@ -40,6 +40,15 @@ def local_interpreters():
     return sorted(found.items(), key=lambda kv: tuple(int(x) for x in kv[0].split(".")))
 
 
+def tree(directory):
+    """Every name below ``directory`` (relative, sorted): for "nothing left behind" checks."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(str(directory)):
+        for name in dirnames + filenames:
+            found.append(os.path.relpath(os.path.join(dirpath, name), str(directory)))
+    return sorted(found)
+
+
 # --- packages the tests build -----------------------------------------------
 
 def make_wheel(directory, name, version, source="def hello():\n    return 'hello from %(name)s %(version)s'\n"):

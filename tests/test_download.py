@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from conftest import wetlite
+from conftest import tree, wetlite
 from httpserver import FileServer, tar_bytes, tar_info, zip_bytes
 
 DATA = bytes(range(256)) * 800      # 204800 bytes: several read chunks
@@ -38,13 +38,7 @@ def server():
         yield srv
 
 
-def leftovers(directory):
-    """Names in ``directory`` (recursively, relative), for 'nothing left behind' checks."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(str(directory)):
-        for name in dirnames + filenames:
-            found.append(os.path.relpath(os.path.join(dirpath, name), str(directory)))
-    return sorted(found)
+leftovers = tree
 
 
 def dead_port():

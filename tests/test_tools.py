@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import REPO, HERE, wetlite
+from conftest import HERE, REPO, tree, wetlite
 from httpserver import FileServer, tar_bytes, tar_info
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the stand-in binaries are POSIX shell scripts")
@@ -97,12 +97,6 @@ def install(tool, root, tag, srv, **kwargs):
     return wetlite._install_tool(tool, root, tag, srv.url, **kwargs)
 
 
-def tree(directory):
-    found = []
-    for dirpath, dirnames, filenames in os.walk(str(directory)):
-        for name in dirnames + filenames:
-            found.append(os.path.relpath(os.path.join(dirpath, name), str(directory)))
-    return sorted(found)
 
 
 def bin_listing(root):

@@ -4295,11 +4295,11 @@ def _handle(message, protocol, pool, cache):
                 result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
             else:
                 result = _call_on_main_thread(_run_script, (message[2],) + tuple(args), kwargs)
-        elif op == "dir":
-            stage = "call"
-            result = sorted(n for n in dir(_resolve(message[2], None)) if not n.startswith("__"))
         else:
-            raise ProtocolError("unknown request %r" % (op,))
+            stage = "call"
+            if op != "dir":
+                raise ProtocolError("unknown request %r" % (op,))
+            result = sorted(n for n in dir(_resolve(message[2], None)) if not n.startswith("__"))
         stage = "result"
         reply = ("ok", call_id, _dumps_payload(result, protocol, pool))
     except BaseException as exc:

@@ -158,3 +158,17 @@ def test_ctrl_c_during_call_leaves_no_worker(tmp_path):
         with open("/proc/%d/stat" % worker) as f:       # a zombie waiting for its reaper is gone too
             return f.read().split(")")[-1].split()[0] == "Z"
     assert wait_for(gone, 5)
+
+
+HOSTS = [(v, p) for v, p in local_interpreters() if v in ("3.8", "3.12", "3.13")]
+
+
+@pytest.mark.parametrize("version, python", HOSTS, ids=[v for v, _ in HOSTS])
+def test_doctor_on_other_host_pythons(tmp_path, version, python):
+    """Hosts on 3.12+ challenge with {sha256}, older ones with legacy HMAC-MD5: the worker answers both."""
+    env = dict(os.environ, WETLITE_ROOT=str(tmp_path / "root"))
+    doctor = subprocess.run([python, WETLITE_PY, "doctor"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, timeout=300)
+    out = doctor.stdout.decode()
+    assert doctor.returncode == 0, out
+    assert "worker   ok" in out and ("python   %s." % version) in out

@@ -3890,13 +3890,14 @@ def _json_dumps(obj):
 #
 #    Arguments and results are pickled separately from the envelope, so an
 #    object that cannot cross fails that call alone, with a clear error.
-#    Calls run on the worker's main thread in order.  A timeout interrupts
-#    the call with SIGINT (CTRL_BREAK on Windows); the worker turns it into
-#    KeyboardInterrupt only while a call runs.  The worker's stdout and
-#    stderr are pipes the host reads line by line: prints never touch the
+#    Calls run on the worker's main thread in order.  The worker's stdout
+#    and stderr are pipes the host reads line by line: prints never touch the
 #    protocol.  On POSIX a "lifeline" pipe, whose write end only the host
-#    holds, wakes a worker thread at EOF when the host dies; on Windows that
-#    thread waits on the host's process handle.
+#    holds, feeds a worker reader thread: "interrupt ID" stops call ID if it
+#    is the one running (a SIGINT to itself, which the worker turns into
+#    KeyboardInterrupt only inside a call), "exit" stops what runs so the
+#    exit request is read, and EOF means the host died.  On Windows the host
+#    sends CTRL_BREAK instead, and that thread waits on the host's process.
 # =============================================================================
 
 PROTOCOL_VERSION = 1
@@ -3976,6 +3977,8 @@ def _rebuild_error(info, what):
 
 class _WorkerState(object):
     in_call = False
+    current = None              # the id of the call running on the main thread
+    exiting = False             # the host asked to exit while a call ran
     pool = None                 # this worker's shared-memory segments (results)
     cache = None                # the host's segments it has attached (arguments)
     path_modules = {}           # absolute path -> (mtime_ns, size, module)
@@ -4163,11 +4166,24 @@ def _scrub_worker_paths():
 
 
 def _watch_host(lifeline, host_pid):
-    """Block until the host is gone, then end this worker and its children."""
+    """The worker's reader thread: obey the host's control lines while calls
+    run, and end this worker and its children when the host is gone.
+
+    On POSIX it reads the lifeline pipe, whose write end only the host holds:
+    EOF means the host died.  The host writes "interrupt ID" (stop call ID,
+    if it is the one running) and "exit" (stop what runs, then leave).
+    """
     if lifeline:
+        pending = b""
         try:
-            while os.read(int(lifeline), 1):
-                pass
+            while True:
+                chunk = os.read(int(lifeline), 256)
+                if not chunk:
+                    break
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    _obey(line.split())
         except OSError:
             pass
     elif _WINDOWS and host_pid:
@@ -4184,6 +4200,20 @@ def _watch_host(lifeline, host_pid):
         _WorkerState.cache.close(unlink=True)   # ours, and those of the dead host
     _kill_own_group()
     os._exit(3)
+
+
+def _obey(words):
+    """Act on one control line from the host (see _watch_host)."""
+    if words[:1] == [b"exit"]:
+        _WorkerState.exiting = True
+        target = _WorkerState.current
+    elif words[:1] == [b"interrupt"] and len(words) == 2:
+        target = int(words[1])
+    else:
+        return
+    if target is not None and target == _WorkerState.current and _WorkerState.in_call:
+        # Only the call asked for: a signal, so that blocking calls wake too.
+        os.kill(os.getpid(), _lean("_signal", "signal").SIGINT)
 
 
 def _kill_own_group():
@@ -4273,7 +4303,14 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
             if op == "release":
                 pool.release(message[1])
                 continue
-            conn.send_bytes(_handle(message, protocol, pool, cache))
+            _WorkerState.current = message[1]
+            try:
+                reply = _handle(message, protocol, pool, cache)
+            finally:
+                _WorkerState.current = None
+            conn.send_bytes(reply)
+            if _WorkerState.exiting:
+                return True
         except (EOFError, OSError):
             return False
 
@@ -5345,7 +5382,7 @@ class _Worker(object):
             return
         for w in fresh:
             if w.id == running:
-                self._interrupt()
+                self._interrupt(w.id)
                 self._expire_later(_INTERRUPT_GRACE)
             else:
                 self._send_soon(("cancel", w.id))
@@ -5437,13 +5474,19 @@ class _Worker(object):
 
     # -- stopping -----------------------------------------------------------
 
-    def _interrupt(self):
-        import signal
+    def _interrupt(self, call_id=None):
+        """Stop call ``call_id`` if it is the one running (None: whatever runs, and exit).
+
+        POSIX: a control line to the worker's reader thread, which interrupts
+        only that call.  Windows: CTRL_BREAK to the worker's process group.
+        """
         try:
-            if _WINDOWS:
+            if self._lifeline is not None:
+                line = b"exit\n" if call_id is None else b"interrupt %d\n" % call_id
+                os.write(self._lifeline, line)
+            elif _WINDOWS:
+                import signal
                 os.kill(self.proc.pid, signal.CTRL_BREAK_EVENT)
-            else:
-                os.kill(self.proc.pid, signal.SIGINT)
         except OSError:
             pass
 
@@ -5580,7 +5623,7 @@ class _Worker(object):
             busy = bool(self._order)
             self._send_quietly(("exit",))
             if busy:
-                self._interrupt()               # let a running call end before the exit is read
+                self._interrupt()               # stop the running call so the exit is read
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=_EXIT_GRACE)

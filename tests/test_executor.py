@@ -1227,3 +1227,37 @@ def test_bad_call_arguments_are_spec_errors(env):
     with pytest.raises(wetlite.SpecError, match="function"):
         env.submit("os.path", None, ("a",))
     assert env.execute("os.path", "basename", ["/x/a.tif"]) == "a.tif"     # a list is fine
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the control lines use the POSIX lifeline pipe")
+def test_an_interrupt_reaches_only_the_call_it_names(fresh):
+    e = fresh().launch()
+    worker = e._worker
+    running = e.submit("time", "sleep", (0.6,))
+    time.sleep(0.2)
+    worker._interrupt(10 ** 6)                  # not the running call: nothing happens
+    assert running.result(timeout=5) is None
+    slow = e.submit("time", "sleep", (30,))
+    time.sleep(0.2)
+    with worker._lock:
+        running_id = worker._order[0]
+    start = time.monotonic()
+    worker._interrupt(running_id)               # the running call: interrupted at once
+    with pytest.raises(wetlite.RemoteError, match="KeyboardInterrupt"):
+        slow.result(timeout=5)
+    assert time.monotonic() - start < 2
+    assert e.execute("operator", "add", (1, 1)) == 2     # and the worker goes on
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the control lines use the POSIX lifeline pipe")
+def test_exit_stops_a_busy_worker_at_once(fresh):
+    e = fresh().launch()
+    worker = e._worker
+    busy = e.submit("time", "sleep", (30,))
+    time.sleep(0.2)
+    start = time.monotonic()
+    e.exit()
+    assert time.monotonic() - start < wetlite._EXIT_GRACE     # it left on its own, no kill needed
+    assert worker.proc.returncode == 0
+    with pytest.raises(wetlite.ExecutorError):
+        busy.result(timeout=5)

@@ -772,11 +772,11 @@ def _file_sha256(path):
     return digest.hexdigest()
 
 
-def _unsafe_member_reason(name, dest, kind=None, link_target=None):
-    """Why an archive member may not be extracted into ``dest``, or None.
+def _unsafe_member_reason(name, kind=None, link_target=None):
+    """Why an archive member may not be extracted, or None.
 
     Refuses absolute paths, drive letters, ".." components, device files and
-    links that point outside ``dest``.
+    links that point outside the extraction directory.
     """
     import posixpath
     if kind in ("device", "fifo"):
@@ -810,7 +810,7 @@ def _safe_extract(archive, dest):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                reason = _unsafe_member_reason(info.filename, dest, "symlink" if is_link else None,
+                reason = _unsafe_member_reason(info.filename, "symlink" if is_link else None,
                                                zf.read(info).decode("utf-8", "replace") if is_link else None)
                 if reason is None and is_link:
                     reason = "is a symbolic link"   # zipfile would write it as a plain file
@@ -828,7 +828,7 @@ def _safe_extract(archive, dest):
         for m in members:
             kind = ("device" if (m.ischr() or m.isblk()) else "fifo" if m.isfifo() else
                     "symlink" if m.issym() else "hardlink" if m.islnk() else None)
-            reason = _unsafe_member_reason(m.name, dest, kind, m.linkname if kind in ("symlink", "hardlink") else None)
+            reason = _unsafe_member_reason(m.name, kind, m.linkname if kind in ("symlink", "hardlink") else None)
             parts = m.name.replace("\\", "/").strip("/").split("/")
             if reason is None and any("/".join(parts[:i]) in links for i in range(1, len(parts))):
                 reason = "goes through a symbolic link"     # a -> ., a/b -> .. would chain out
@@ -2981,9 +2981,6 @@ def _run_capture(argv, env=None, cwd=None, timeout=600, what=None):
 #    is a half-built environment and is rebuilt, never reused.
 # =============================================================================
 
-_PHASES = ("download", "solve", "install", "pip")
-
-
 class Environment(object):
     """An environment: a prefix with its own interpreter.
 
@@ -3521,7 +3518,7 @@ class EnvironmentManager(object):
             "spec": spec,
             "channels": self.channels,
             "config": cfg and {"kind": cfg["kind"], "name": os.path.basename(cfg["path"]), "sha256": cfg["sha256"]},
-            "default_python": None if python else "%d.%d" % sys.version_info[:2],
+            "default_python": None if python else self._default_python(),
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
         return {"spec": spec, "config": cfg, "python": python, "hash": digest, "identity": identity,

@@ -1686,10 +1686,13 @@ def _host_conda_records():
 # Dependency specs: PEP 503 names, PEP 440 versions and specifiers, PEP 508
 # requirements and environment markers.
 #
-# The behaviour deliberately follows the `packaging` library (26.x), which is
-# what pip uses, so that wetlite and pip agree on what a spec means -- quirks
-# included.  Regular expressions are compiled on first use, so importing this
-# code costs nothing beyond defining the functions.
+# The behaviour follows the specifications (PEP 440, PEP 503, PEP 508, PEP 685
+# and their living versions, "Version specifiers" and "Dependency specifiers"
+# on packaging.python.org).  Where they leave a choice, it matches the
+# `packaging` library that pip uses; tests/test_pep440.py compares the two
+# and records each deliberate difference with its reason.  Regular
+# expressions are compiled on first use, so importing this code costs
+# nothing beyond defining the functions.
 # ---------------------------------------------------------------------------
 
 
@@ -1726,13 +1729,12 @@ _PEP_PATTERNS = {
                           _SPEC_FLAGS),
     "clause_ordered": (r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*" + _SPEC_SUFFIX,
                        _SPEC_FLAGS),
-    # Case-sensitive on purpose: it mirrors how packaging splits "0rc1".
-    "pre_split": (r"([0-9]+)((?:a|b|c|rc)[0-9]+)", ""),
     "name_separators": (r"[-_.]+", ""),
     # PEP 508 tokens.
     "ws": (r"[ \t]+", ""),
     "identifier": (r"\b[a-zA-Z0-9][a-zA-Z0-9._-]*\b", "a"),
-    "url": (r"[^ \t]+", ""),
+    # A URI never holds whitespace (RFC 3986), so a newline ends it too.
+    "url": (r"\S+", ""),
     "marker_var": (r"""\b(?:python_version|python_full_version|os[._]name
         |sys[._]platform|platform_(?:release|system)
         |platform[._](?:version|machine|python_implementation)
@@ -1916,8 +1918,9 @@ def _parse_version(text):
 def _version_tokens(version):
     """The public version as strings [epoch, *release, pre, post, dev].
 
-    packaging decides ==X.* and ~= by comparing this split of the normalized
-    text, suffixes included; using the same shape gives the same answers.
+    Prefix matching (==X.*, and the prefix part of ~=) compares this split
+    of the normalized version; PEP 440 gives the pre-release segment an
+    implied preceding ".", so 1.1a1 starts with 1.1.
     """
     tokens = [str(version.epoch)]
     tokens.extend(map(str, version.release))
@@ -1959,8 +1962,8 @@ def _scan_specifier(text, pos=0, whole=False):
 
     Return (operator, version_text, end), or None if there is no clause
     there.  With `whole`, the clause must run to the end of `text`.
-    Whitespace may separate operator and version; "===" takes any run of
-    characters other than whitespace, ";" and ")".
+    Whitespace may separate operator and version; "===" takes a non-empty
+    run of characters other than whitespace, ";" and ")".
     """
     for operator in _SPEC_OPERATORS:
         if text.startswith(operator, pos):
@@ -1975,7 +1978,7 @@ def _scan_specifier(text, pos=0, whole=False):
         while end < len(text) and not (text[end].isspace()
                                        or text[end] in ";)"):
             end += 1
-        if whole and end != len(text):
+        if end == start or (whole and end != len(text)):
             return None
     else:
         pattern = _pep_regex(_CLAUSE_GRAMMAR[operator])
@@ -1984,33 +1987,6 @@ def _scan_specifier(text, pos=0, whole=False):
             return None
         end = match.end()
     return operator, text[start:end], end
-
-
-def _compatible_prefix(text):
-    """The token prefix that "~=text" pins, e.g. ["0", "1"] for ~=1.4.
-
-    PEP 440 defines ~=X.N as >=X.N, ==X.*.  packaging finds X by splitting the
-    spec *as written* on dots and stopping at the first piece that starts
-    with dev/a/b/rc/post, so rarer spellings such as "~=1.0.c1" keep one more
-    release number than the PEP intends and "~=v1.0" matches nothing.  We do
-    the same so that pip and wetlite agree.
-    """
-    epoch, _, rest = text.rpartition("!")
-    pieces = []
-    for item in rest.split("."):
-        match = _pep_regex("pre_split").fullmatch(item)
-        pieces.extend(match.groups() if match else (item,))
-    kept = []
-    for piece in pieces:
-        if piece.startswith(("dev", "a", "b", "rc", "post")):
-            break
-        kept.append(piece)
-    del kept[-1:]
-    try:
-        prefix = _parse_version("%s!%s" % (epoch or "0", ".".join(kept)))
-    except ValueError:
-        return [epoch or "0"] + kept
-    return _version_tokens(prefix)
 
 
 class _Specifier(object):
@@ -2031,7 +2007,12 @@ class _Specifier(object):
         else:
             self.version = _parse_version(text)
             if operator == "~=":
-                self.prefix = _compatible_prefix(text)
+                # ~=V.N means >=V.N, ==V.*: drop the last release number.
+                # Suffixes and spelling do not count: ~=1.4.5a4 and
+                # ~=v1.4.5.c.4 both mean ==1.4.* (PEP 440 "Compatible
+                # release").
+                self.prefix = [str(self.version.epoch)] + [
+                    str(part) for part in self.version.release[:-1]]
 
     def __str__(self):
         return self.operator + self.text
@@ -2244,9 +2225,9 @@ class _Scanner(object):
         self.take("ws")
 
     def at_end(self):
-        # Like regex "$": a single trailing newline counts as the end.
-        rest = len(self.text) - self.pos
-        return rest == 0 or (rest == 1 and self.text[-1] == "\n")
+        # Only spaces and tabs are whitespace in PEP 508: a trailing newline
+        # is an error, as the living spec's name regex (\Z, not $) says.
+        return self.pos == len(self.text)
 
 
 def _parse_requirement(text):
@@ -2383,11 +2364,11 @@ def _parse_marker_atom(scanner):
                 scanner.fail("expected a marker operator")
         scanner.skip_ws()
         right = _parse_marker_operand(scanner)
-        # PEP 685: extra names compare normalized, so normalize the literal
-        # (packaging does this for whatever sits opposite `extra`).
-        if left == ("var", "extra"):
+        # PEP 685: extra names compare normalized, so normalize a literal
+        # opposite `extra` (a variable there keeps its name).
+        if left == ("var", "extra") and right[0] == "str":
             right = ("str", _canonical_name(right[1]))
-        elif right == ("var", "extra"):
+        elif right == ("var", "extra") and left[0] == "str":
             left = ("str", _canonical_name(left[1]))
         atom = (left, operator, right)
     scanner.skip_ws()
@@ -2504,20 +2485,33 @@ def _evaluate_expression(expression, env):
     return any(all(group) for group in groups)
 
 
+def _marker_operand_value(operand, env):
+    kind, text = operand
+    if kind == "str":
+        return text
+    if text not in env:
+        raise ValueError("undefined marker variable %r" % text)
+    return env[text]
+
+
 def _evaluate_comparison(comparison, env):
     left, operator, right = comparison
-    # The variable names the environment entry; packaging looks up the right
-    # side's text when the left side is not a variable.
-    key = left[1] if left[0] == "var" else right[1]
-    if key not in env:
-        raise ValueError("undefined marker variable %r" % key)
-    if left[0] == "var":
-        lhs, rhs = env[key], right[1]
-    else:
-        lhs, rhs = left[1], env[key]
+    # Either side may be a variable or a string (PEP 508's marker_expr is
+    # marker_var op marker_var); each variable stands for its value.  The
+    # variables decide how to compare: as versions, as extra names, or as
+    # plain strings.
+    names = [side[1] for side in (left, right) if side[0] == "var"]
+    lhs = _marker_operand_value(left, env)
+    rhs = _marker_operand_value(right, env)
+    key = names[0] if names else None
+    if "extra" in names and isinstance(lhs, str) and isinstance(rhs, str):
+        key = "extra"
+        lhs, rhs = _canonical_name(lhs), _canonical_name(rhs)
+    elif any(name in _VERSION_MARKERS for name in names):
+        key = [name for name in names if name in _VERSION_MARKERS][0]
     if not isinstance(lhs, str):
         raise ValueError("marker variable %r only works on the right of 'in'"
-                         % key)
+                         % left[1])
     if key in ("extras", "dependency_groups"):
         lhs = _canonical_name(lhs)
         if isinstance(rhs, str):

@@ -24,6 +24,26 @@ if REPO not in sys.path:
 
 wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
 
+# CI installs requirements-test.txt itself, so there a missing test requirement
+# is a failure, never a skip.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def needs(available, reason):
+    """Mark a test that needs a test requirement (NumPy, packaging, tree-sitter...).
+
+    Without it the test skips on a developer's machine and fails in CI.
+    """
+    return pytest.mark.wetlite_needs(available=bool(available), reason=reason)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("wetlite_needs"):
+        if not mark.kwargs["available"]:
+            if IN_CI:
+                pytest.fail("CI installs requirements-test.txt, yet: %s" % mark.kwargs["reason"], pytrace=False)
+            pytest.skip(mark.kwargs["reason"])
+
 
 # --- local interpreters -----------------------------------------------------
 

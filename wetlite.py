@@ -171,7 +171,17 @@ _ENV_DOWNLOAD_URL = "WETLITE_DOWNLOAD_URL"
 _ENV_DOWNLOAD_TIMEOUT = "WETLITE_DOWNLOAD_TIMEOUT"
 _ENV_DEBUG = "WETLITE_DEBUG"
 
+_ENV_DOWNLOAD_LIMIT = "WETLITE_DOWNLOAD_LIMIT"
+_ENV_DOWNLOAD_DEADLINE = "WETLITE_DOWNLOAD_DEADLINE"
+
 _DOWNLOAD_TIMEOUT = 30.0      # seconds without data before an attempt is abandoned
+_DOWNLOAD_MIN_RATE = 1024     # bytes/s over each such period: slower counts as stalled
+_DOWNLOAD_DEADLINE = 1800.0   # seconds one file may take, retries included
+_DOWNLOAD_LIMIT = 512 << 20   # bytes: the ceiling of one download, and of what an archive unpacks to
+# The pinned tools are a few tens of MB (archive and binary): a mirror that
+# sends more is refused long before the disk fills.
+_TOOL_SIZE_LIMITS = {"pixi": 256 << 20, "micromamba": 128 << 20}
+_ARCHIVE_MEMBER_LIMIT = 10000
 _DOWNLOAD_ATTEMPTS = 4        # tries per file for transient errors
 _BACKOFF_SECONDS = 1.0        # first retry delay; doubles each time
 _TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
@@ -499,6 +509,24 @@ def _atomic_write(path, data):
         raise
 
 
+_OPEN_FLAGS = {"wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+               "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+b": os.O_RDWR | os.O_CREAT}
+
+
+def _open_private(path, mode="wb", encoding=None):
+    """Open a file of wetlite's for writing: created 0600, never through a
+    symbolic link (another user's link could point at the victim's files)."""
+    flags = _OPEN_FLAGS[mode] | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise WetliteError("refusing to open %s: it is a symbolic link, which wetlite never follows for its "
+                               "own files; remove it" % (path,))
+        raise exc
+    return os.fdopen(fd, mode, encoding=encoding)
+
+
 def _read_json(path):
     """The JSON document in ``path``, or None if it is missing or unreadable."""
     import json
@@ -617,17 +645,21 @@ def _mask_url(url):
     return url if not at else "%s://***@%s%s" % (scheme, host, rest[end:])
 
 
-def _urlopen(url, proxies=None, timeout=None, headers=None):
+def _urlopen(url, proxies=None, timeout=None, headers=None, watchdog=None):
     """Open ``url`` with wetlite's User-Agent, a timeout and the given proxies.
 
     ``proxies`` is a ``{"http": ..., "https": ...}`` dict; None means the
     usual ``*_proxy`` environment variables.  No global opener is installed.
+    A redirect from https to http is refused.  ``watchdog.add(sock)`` is
+    told of each socket opened, so that it can cut a request off.
     """
     import urllib.parse
     import urllib.request
-    handlers = []
+    handlers = [_redirect_handler()]
     if proxies is not None:
         handlers.append(urllib.request.ProxyHandler(dict(proxies)))
+    if watchdog is not None:
+        handlers.extend(_socket_recording_handlers(watchdog.add))
     parts = urllib.parse.urlsplit(url)
     if parts.username is not None:
         # user:password@host: send it as Basic auth to that host only (never
@@ -645,29 +677,117 @@ def _urlopen(url, proxies=None, timeout=None, headers=None):
     return opener.open(request, timeout=_download_timeout() if timeout is None else timeout)
 
 
+def _redirect_handler():
+    import urllib.request
+
+    class NoDowngrade(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if req.full_url.lower().startswith("https:") and not newurl.lower().startswith("https:"):
+                raise DownloadError("refusing the redirect from %s to %s: it leaves https; use an https mirror"
+                                    % (_mask_url(req.full_url), _mask_url(newurl)), url=_mask_url(req.full_url))
+            return urllib.request.HTTPRedirectHandler.redirect_request(self, req, fp, code, msg, headers, newurl)
+    return NoDowngrade()
+
+
+def _socket_recording_handlers(record):
+    """HTTP and HTTPS handlers that call ``record(sock)`` for each connected socket."""
+    import urllib.request
+
+    class Recording(object):
+        def do_open(self, http_class, req, **kwargs):
+            def connection(*args, **kw):
+                conn = http_class(*args, **kw)
+                connect = conn.connect
+
+                def recording_connect():
+                    connect()
+                    record(conn.sock)
+                conn.connect = recording_connect
+                return conn
+            return super(Recording, self).do_open(connection, req, **kwargs)
+
+    bases = [urllib.request.HTTPHandler] + [c for c in [getattr(urllib.request, "HTTPSHandler", None)] if c]
+    return [type("Recording" + base.__name__, (Recording, base), {})() for base in bases]
+
+
+def _positive_seconds(name, default):
+    """The number of seconds in the environment variable ``name``, else ``default``."""
+    import math
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SpecError("%s=%r is not a positive number of seconds; unset it or give one, such as 60"
+                        % (name, value))
+    return seconds
+
+
 def _download_timeout():
-    value = os.environ.get(_ENV_DOWNLOAD_TIMEOUT)
-    if value:
-        try:
-            return max(float(value), 0.1)
-        except ValueError:
-            raise SpecError("%s=%r is not a number of seconds" % (_ENV_DOWNLOAD_TIMEOUT, value))
-    return _DOWNLOAD_TIMEOUT
+    return max(_positive_seconds(_ENV_DOWNLOAD_TIMEOUT, _DOWNLOAD_TIMEOUT), 0.1)
+
+
+def _download_limit(default=None):
+    """The size cap of one download, in bytes: $WETLITE_DOWNLOAD_LIMIT (a number
+    of bytes, or with a K, M or G suffix), else ``default``, else the ceiling."""
+    import re
+    value = os.environ.get(_ENV_DOWNLOAD_LIMIT)
+    if not value:
+        return default or _DOWNLOAD_LIMIT
+    m = re.match(r"^\s*(\d+)\s*([kKmMgG]?)i?[bB]?\s*\Z", value)
+    if not m or not int(m.group(1)):
+        raise SpecError("%s=%r is not a size; give bytes or a size such as 800M or 2G" % (_ENV_DOWNLOAD_LIMIT, value))
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
 
 
 class _TransientError(Exception):
     """A download attempt failed in a way worth retrying."""
 
 
-def _download(url, dest, proxies=None, label=None, progress_stream=None):
+def _read_body(response, write, limit, shown):
+    """Copy the body of ``response`` to ``write(chunk)``; return the bytes copied.
+
+    Refuses more than ``limit`` bytes (DownloadError), and abandons the
+    attempt (_TransientError) when a whole timeout period brings less than
+    _DOWNLOAD_MIN_RATE bytes per second: a trickle is a stall.
+    """
+    import time
+    window = _download_timeout()
+    copied = 0
+    mark, marked = time.monotonic(), 0
+    read = getattr(response, "read1", response.read)       # returns what one recv brought
+    while True:
+        chunk = read(1 << 16)
+        if not chunk:
+            return copied
+        copied += len(chunk)
+        if copied > limit:
+            raise DownloadError(
+                "download of %s refused: it sends more than %s; if the file really is that large, raise %s "
+                "(e.g. %s=2G)" % (shown, _human_bytes(limit), _ENV_DOWNLOAD_LIMIT, _ENV_DOWNLOAD_LIMIT), url=shown)
+        write(chunk)
+        now = time.monotonic()
+        if now - mark >= window:
+            if copied - marked < _DOWNLOAD_MIN_RATE * (now - mark):
+                raise _TransientError("too slow: %d bytes in %.1f s" % (copied - marked, now - mark))
+            mark, marked = now, copied
+
+
+def _download(url, dest, proxies=None, label=None, progress_stream=None, limit=None):
     """Download ``url`` to the file ``dest`` atomically and return its SHA-256.
 
     Transient failures (timeouts, resets, truncated bodies, 5xx, 429) are
     retried with exponential backoff, resuming with a Range request where
-    the server allows.  On failure nothing is left at ``dest``.
+    the server allows.  At most ``limit`` bytes (default: _download_limit()).
+    On failure nothing is left at ``dest``.
     """
     import hashlib
     part = dest + ".part"
+    limit = _download_limit(limit)
+    shown = _mask_url(url)
     state = {"received": 0, "digest": hashlib.sha256()}
 
     def attempt(response):
@@ -678,18 +798,21 @@ def _download(url, dest, proxies=None, label=None, progress_stream=None):
         received = state["received"]
         length = response.headers.get("Content-Length")
         expected = received + int(length) if length and length.isdigit() else None
+        if expected is not None and expected > limit:
+            raise DownloadError(
+                "download of %s refused: it announces %s, more than the limit of %s; if that is right, raise %s"
+                % (shown, _human_bytes(expected), _human_bytes(limit), _ENV_DOWNLOAD_LIMIT), url=shown)
         bar = _ProgressBar(label or os.path.basename(dest), expected, progress_stream)
         bar.update(received)
+
+        def write(chunk):
+            out.write(chunk)
+            state["digest"].update(chunk)
+            state["received"] += len(chunk)
+            bar.update(len(chunk))
         try:
-            with open(part, "ab" if received else "wb") as out:
-                while True:
-                    chunk = response.read(1 << 16)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    state["digest"].update(chunk)
-                    state["received"] += len(chunk)
-                    bar.update(len(chunk))
+            with _open_private(part, "ab" if received else "wb") as out:
+                _read_body(response, write, limit - received, shown)
         finally:
             bar.close()
         if expected is not None and state["received"] != expected:
@@ -709,46 +832,114 @@ def _with_retries(url, proxies, attempt, headers=lambda: {}):
     """Open ``url`` and run ``attempt(response)``, retrying transient failures.
 
     Returns what ``attempt`` returns.  Raises DownloadError for a permanent
-    failure, or after ``_DOWNLOAD_ATTEMPTS`` transient ones.
+    failure, after ``_DOWNLOAD_ATTEMPTS`` transient ones, or when the whole
+    thing takes longer than the deadline ($WETLITE_DOWNLOAD_DEADLINE): a
+    watchdog then cuts the connection, wherever it is stuck.
     """
     import http.client
     import socket
     import time
     import urllib.error
     shown = _mask_url(url)
+    budget = _positive_seconds(_ENV_DOWNLOAD_DEADLINE, _DOWNLOAD_DEADLINE)
+    deadline = time.monotonic() + budget
     last_error = last_status = None
     for number in range(_DOWNLOAD_ATTEMPTS):
         if number:
             delay = _BACKOFF_SECONDS * (2 ** (number - 1))
             _log().info("retrying %s in %.1f s (%s)", shown, delay, last_error)
-            time.sleep(delay)
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        watchdog = _Watchdog(remaining)
         try:
-            with _urlopen(url, proxies, headers=headers()) as response:
-                return attempt(response)
+            with _urlopen(url, proxies, headers=headers(), watchdog=watchdog) as response:
+                result = attempt(response)
+            if not watchdog.expired:
+                return result
         except urllib.error.HTTPError as exc:
-            if exc.code in _TRANSIENT_HTTP:
+            if not watchdog.expired:
+                if exc.code not in _TRANSIENT_HTTP:
+                    hint = " (check the version and the download URL)" if exc.code == 404 else ""
+                    raise DownloadError("download of %s failed: HTTP %d %s%s" % (shown, exc.code, exc.reason, hint),
+                                        url=shown, status=exc.code)
                 last_error, last_status = "HTTP %d %s" % (exc.code, exc.reason), exc.code
-                continue
-            hint = " (check the version and the download URL)" if exc.code == 404 else ""
-            raise DownloadError("download of %s failed: HTTP %d %s%s" % (shown, exc.code, exc.reason, hint),
-                                url=shown, status=exc.code)
         except (urllib.error.URLError, socket.timeout, http.client.HTTPException,
                 ConnectionError, _TransientError) as exc:
             reason = getattr(exc, "reason", None) or exc
             last_error = "timed out" if isinstance(reason, socket.timeout) else str(reason) or type(exc).__name__
             last_status = None
-            if isinstance(exc, urllib.error.URLError) and not isinstance(reason, (socket.timeout, OSError)):
+            if (not watchdog.expired and isinstance(exc, urllib.error.URLError)
+                    and not isinstance(reason, (socket.timeout, OSError))):
                 raise DownloadError("download of %s failed: %s" % (shown, last_error), url=shown)
-    raise DownloadError(
-        "download of %s failed after %d attempts: %s; check the network, the proxy settings "
-        "(proxies= or *_proxy variables) or set %s to a reachable mirror"
-        % (shown, _DOWNLOAD_ATTEMPTS, last_error, _ENV_DOWNLOAD_URL), url=shown, status=last_status)
+        except OSError:
+            if not watchdog.expired:
+                raise
+        finally:
+            watchdog.cancel()
+        if watchdog.expired:
+            break
+    else:
+        raise DownloadError(
+            "download of %s failed after %d attempts: %s; check the network, the proxy settings "
+            "(proxies= or *_proxy variables) or set %s to a reachable mirror"
+            % (shown, _DOWNLOAD_ATTEMPTS, last_error, _ENV_DOWNLOAD_URL), url=shown, status=last_status)
+    raise DownloadError("download of %s did not finish within %s s (%s); check the network, or raise %s"
+                        % (shown, _format_number(budget), last_error or "still running", _ENV_DOWNLOAD_DEADLINE),
+                        url=shown, status=last_status)
+
+
+class _Watchdog(object):
+    """Cuts the connections of one download attempt when its deadline passes."""
+
+    def __init__(self, seconds):
+        import threading
+        self.expired = False
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self.cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def add(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._shut(sock)
+
+    def cut(self):
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock):
+        import socket
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def cancel(self):
+        self._timer.cancel()
+
+
+def _format_number(value):
+    return ("%d" % value) if value == int(value) else ("%g" % value)
 
 
 def _fetch_text(url, proxies=None, limit=1 << 16):
     """Small text resources (checksum files): the body, or None on HTTP 404."""
+    def attempt(response):
+        chunks = []
+        _read_body(response, chunks.append, limit, _mask_url(url))
+        return b"".join(chunks).decode("utf-8", "replace")
     try:
-        return _with_retries(url, proxies, lambda response: response.read(limit).decode("utf-8", "replace"))
+        return _with_retries(url, proxies, attempt)
     except DownloadError as exc:
         if exc.status == 404:
             return None
@@ -761,15 +952,6 @@ def _parse_sha256(text, source):
     if len(token) != 64 or any(c not in "0123456789abcdef" for c in token):
         raise DownloadError("checksum file %s does not hold a SHA-256 digest" % (source,), url=source)
     return token
-
-
-def _file_sha256(path):
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unsafe_member_reason(name, kind=None, link_target=None):
@@ -797,55 +979,144 @@ def _unsafe_member_reason(name, kind=None, link_target=None):
     return None
 
 
-def _safe_extract(archive, dest):
-    """Extract a .tar.gz/.tar.bz2/.zip into ``dest`` after checking every member.
+def _extract_binary(archive, wanted, dest, limit):
+    """Write the one regular file ``wanted`` names from ``archive`` to ``dest``; return its SHA-256.
 
-    The whole archive is refused (ToolError) if any member is unsafe, before
-    anything is written.
+    ``wanted`` lists paths inside the archive; a bare name (``pixi``) also
+    matches at any depth, as pixi's own installer allows for nested layouts.
+    Every member is checked, and the whole archive refused (ToolError), if
+    one is unsafe: an absolute path, "..", a link out of the archive, a
+    device.  Nothing else is written, and an archive that holds more than
+    _ARCHIVE_MEMBER_LIMIT members or unpacks to more than ``limit`` bytes
+    is refused as soon as that shows: a bomb costs no disk and little time.
+    (.tar.gz, .tar.bz2, .tar.xz, plain .tar and .zip.)
     """
-    import tarfile
     import zipfile
-    os.makedirs(dest, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                reason = _unsafe_member_reason(info.filename, "symlink" if is_link else None,
-                                               zf.read(info).decode("utf-8", "replace") if is_link else None)
-                if reason is None and is_link:
-                    reason = "is a symbolic link"   # zipfile would write it as a plain file
-                if reason:
-                    raise ToolError("refusing archive %s: member %r %s" % (archive, info.filename, reason))
-            zf.extractall(dest)
-        return
+    name = os.path.basename(archive)
+
+    def pick(member_name):
+        normalized = member_name.replace("\\", "/").strip("/")
+        return any(normalized == w or ("/" not in w and normalized.rsplit("/", 1)[-1] == w) for w in wanted)
+
+    def refuse(member_name, reason):
+        raise ToolError("refusing archive %s: member %r %s" % (archive, member_name, reason))
+
+    def too_big():
+        raise ToolError("refusing archive %s: it unpacks to more than %s (a decompression bomb, or the wrong file); "
+                        "if it is right, raise %s" % (archive, _human_bytes(limit), _ENV_DOWNLOAD_LIMIT))
+
+    state = {"digest": None, "members": 0}
+
+    def count():
+        state["members"] += 1
+        if state["members"] > _ARCHIVE_MEMBER_LIMIT:
+            raise ToolError("refusing archive %s: more than %d members" % (archive, _ARCHIVE_MEMBER_LIMIT))
+
+    def copy(source, size):
+        import hashlib
+        if size > limit:
+            too_big()
+        digest = hashlib.sha256()
+        written = 0
+        with _open_private(dest, "wb") as out:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                written += len(chunk)
+                if written > limit:
+                    too_big()
+                digest.update(chunk)
+                out.write(chunk)
+        state["digest"] = digest.hexdigest()
+
     try:
-        tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise ToolError("cannot read archive %s: %s" % (archive, exc))
-    with tf:
-        members = tf.getmembers()
-        links = set()
-        for m in members:
-            kind = ("device" if (m.ischr() or m.isblk()) else "fifo" if m.isfifo() else
-                    "symlink" if m.issym() else "hardlink" if m.islnk() else None)
-            reason = _unsafe_member_reason(m.name, kind, m.linkname if kind in ("symlink", "hardlink") else None)
-            parts = m.name.replace("\\", "/").strip("/").split("/")
-            if reason is None and any("/".join(parts[:i]) in links for i in range(1, len(parts))):
-                reason = "goes through a symbolic link"     # a -> ., a/b -> .. would chain out
-            if reason:
-                raise ToolError("refusing archive %s: member %r %s" % (archive, m.name, reason))
-            if kind == "symlink":
-                links.add("/".join(parts))
-        # Breakpoint: PEP 706 extraction filters (3.12, backported to 3.8.17+,
-        # 3.9.17+, 3.10.12+, 3.11.4+): test the attribute, not the version.
-        # The checks above already hold without them.
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                chosen = None
+                for info in infos:
+                    count()
+                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                    reason = "is a symbolic link" if is_link else _unsafe_member_reason(info.filename)
+                    if reason:
+                        refuse(info.filename, reason)
+                    if chosen is None and not info.is_dir() and pick(info.filename):
+                        chosen = info
+                if sum(i.file_size for i in infos) > limit:
+                    too_big()
+                if chosen is not None:
+                    with zf.open(chosen) as source:        # reads no more than file_size, CRC checked
+                        copy(source, chosen.file_size)
+        else:
+            _extract_tar_member(archive, pick, count, refuse, too_big, copy, limit)
+    except BaseException:
+        _remove_quietly(dest)
+        raise
+    if state["digest"] is None:
+        raise ToolError("archive %s holds no %s" % (name, " or ".join(wanted)))
+    return state["digest"]
+
+
+def _extract_tar_member(archive, pick, count, refuse, too_big, copy, limit):
+    """The tar half of _extract_binary: one streaming pass, decompressed bytes counted."""
+    import tarfile
+    with open(archive, "rb") as raw:
+        magic = raw.read(6)
+        raw.seek(0)
+        if magic.startswith(b"\x1f\x8b"):
+            import gzip
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif magic.startswith(b"BZh"):
+            import bz2
+            stream = bz2.BZ2File(raw, "rb")
+        elif magic.startswith(b"\xfd7zXZ"):
+            import lzma
+            stream = lzma.LZMAFile(raw, "rb")
+        else:
+            stream = raw
+        capped = _CappedReader(stream, limit + (1 << 20), too_big)     # headers take room too
         try:
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter="data")
-            else:
-                tf.extractall(dest, members=members)
-        except (tarfile.TarError, OSError) as exc:
-            raise ToolError("cannot extract archive %s: %s" % (archive, exc))
+            tf = tarfile.open(fileobj=capped, mode="r|")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ToolError("cannot read archive %s: %s" % (archive, exc))
+        links = set()
+        done = False
+        try:
+            with tf:
+                for m in tf:
+                    count()
+                    kind = ("device" if (m.ischr() or m.isblk()) else "fifo" if m.isfifo() else
+                            "symlink" if m.issym() else "hardlink" if m.islnk() else None)
+                    reason = _unsafe_member_reason(m.name, kind, m.linkname if kind in ("symlink", "hardlink") else None)
+                    parts = m.name.replace("\\", "/").strip("/").split("/")
+                    if reason is None and any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+                        reason = "goes through a symbolic link"     # a -> ., a/b -> .. would chain out
+                    if reason:
+                        refuse(m.name, reason)
+                    if kind == "symlink":
+                        links.add("/".join(parts))
+                    if not done and m.isreg() and pick(m.name):
+                        copy(tf.extractfile(m), m.size)
+                        done = True
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ToolError("cannot read archive %s: %s" % (archive, exc))
+
+
+class _CappedReader(object):
+    """A read-only file that calls ``exceeded()`` once more than ``limit`` bytes were read."""
+
+    def __init__(self, stream, limit, exceeded):
+        self.stream = stream
+        self.limit = limit
+        self.exceeded = exceeded
+        self.count = 0
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = self.limit - self.count + 1      # never "everything": that is the bomb
+        data = self.stream.read(size)
+        self.count += len(data)
+        if self.count > self.limit:
+            self.exceeded()
+        return data
 
 # =============================================================================
 # 8. Tools: Pixi, Micromamba and local interpreters for venv
@@ -910,8 +1181,13 @@ def _install_tool(tool, root, tag, base_url, proxies=None, verify=True, platform
     with _FileLock(os.path.join(root, "state", "locks", "install-" + tool + ".lock"), "the %s install lock" % tool):
         if os.path.isfile(target) and _read_marker(marker) == tag:
             return target           # another process installed it while we waited
+        import glob
         import tempfile
         os.makedirs(bin_dir, exist_ok=True)
+        # Holding the lock, any other staging dir is a killed install's leftover.
+        for stale in glob.glob(os.path.join(glob.escape(bin_dir), ".install-" + tool + "-*")):
+            _log().debug("removing %s, left by an install that was killed", stale)
+            _rmtree(stale)
         stage = tempfile.mkdtemp(prefix=".install-" + tool + "-", dir=bin_dir)
         try:
             _log().info("installing %s %s (%s) into %s", tool, tag, asset, bin_dir)
@@ -940,41 +1216,40 @@ def _read_marker(path):
 
 
 def _fetch_tool(tool, tag, asset, base_url, proxies, verify, stage, windows):
-    """Download ``asset`` into ``stage``, verify it and return the binary's path."""
+    """Download ``asset`` into ``stage``, verify it and return the binary's path.
+
+    What was downloaded is verified before anything is extracted.  The one
+    exception is micromamba's .tar.bz2 package (the fallback when a mirror
+    has no raw binary): the release's digests are those of the binary inside,
+    so only that member is extracted, streaming, within the size cap, and
+    verified before it goes anywhere.
+    """
     url = "%s/%s/%s" % (base_url.rstrip("/"), tag, asset)
     download = os.path.join(stage, asset)
+    final = os.path.join(stage, _exe_name(tool, windows))
     label = "%s %s" % (tool, tag)
+    limit = _download_limit(_TOOL_SIZE_LIMITS[tool])
     # Micromamba's package sidecar also holds the raw binary's digest, so a
     # mirror that carries only the package can still be verified.
     sidecars = [url + ".sha256"] + ([url + ".tar.bz2.sha256"] if tool == "micromamba" else [])
     expected = _require_sha256(_known_sha256(tool, tag, asset, sidecars, proxies), tool, tag, url, verify)
     if tool == "pixi":
-        _check_digest(_download(url, download, proxies, label), expected, url)
-        binary = _find_binary(download, os.path.join(stage, "extracted"), ("pixi.exe", "pixi"))
+        _check_digest(_download(url, download, proxies, label, limit=limit), expected, url)
+        _extract_binary(download, ("pixi.exe", "pixi"), final, limit)
     else:
         try:
-            digest = _download(url, download, proxies, label)
+            _check_digest(_download(url, download, proxies, label, limit=limit), expected, url)
+            os.replace(download, final)
         except DownloadError as exc:
             if exc.status != 404:
                 raise
             # Some mirrors (and micro.mamba.pm) only carry the conda package.
             url += ".tar.bz2"
             download += ".tar.bz2"
-            digest = _download(url, download, proxies, label)
-        with open(download, "rb") as f:
-            is_package = f.read(3) == b"BZh"
-        if is_package:
-            # The release's digests are those of the raw binary inside.
-            binary = _find_binary(download, os.path.join(stage, "extracted"),
-                                  ("Library/bin/micromamba.exe", "bin/micromamba"))
-            digest = _file_sha256(binary)
-        else:
-            binary = download
-        _check_digest(digest, expected, url)
-    final = os.path.join(stage, _exe_name(tool, windows))
-    if os.path.abspath(binary) != os.path.abspath(final):
-        os.replace(binary, final)
-    os.chmod(final, 0o755)
+            _download(url, download, proxies, label, limit=limit)
+            digest = _extract_binary(download, ("Library/bin/micromamba.exe", "bin/micromamba"), final, limit)
+            _check_digest(digest, expected, url)
+    os.chmod(final, 0o700)
     return final
 
 
@@ -1009,26 +1284,6 @@ def _check_digest(digest, expected, url):
         raise DownloadError("checksum mismatch for %s: got sha256 %s, expected %s; the file is corrupt or "
                             "was tampered with, and was not installed" % (_mask_url(url), digest, expected),
                             url=_mask_url(url))
-
-
-def _find_binary(archive, dest, wanted):
-    """Extract ``archive`` safely and return the regular file at one of ``wanted``.
-
-    A bare name (``pixi``) is looked for at the archive root first, then
-    anywhere, as pixi's own installer does for nested layouts.
-    """
-    _safe_extract(archive, dest)
-    for relative in wanted:
-        path = os.path.join(dest, *relative.split("/"))
-        if os.path.isfile(path) and not os.path.islink(path):
-            return path
-    names = [w for w in wanted if "/" not in w]
-    for directory, _dirs, files in sorted(os.walk(dest)):
-        for name in names:
-            path = os.path.join(directory, name)
-            if name in files and not os.path.islink(path):
-                return path
-    raise ToolError("archive %s holds no %s" % (os.path.basename(archive), " or ".join(wanted)))
 
 
 _MAMBARC_TEXT = """\

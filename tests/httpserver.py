@@ -12,6 +12,8 @@ path by path:
         srv.add("/cut-once", data, truncate=1, ranges=True)   # once, then resumable (206)
         srv.add("/slow", data, stall=5)                   # headers, then silence
         srv.add("/moved", b"", redirect="/v1/tool.tar.gz")
+        srv.add("/drip", data, trickle=0.5)               # one byte every 0.5 s
+        srv.add("/endless", data, endless=True)           # data, over and over, never ending
         url = srv.url + "/v1/tool.tar.gz"
         srv.requests_for("/flaky")                        # -> [Request, ...]
 
@@ -52,7 +54,8 @@ class Route(object):
 
     def __init__(self, body=b"", status=200, fail=0, fail_status=500, truncate=0, truncate_at=None,
                  stall=0.0, stall_times=True, stall_before_headers=False, ranges=False, delay=0.0,
-                 redirect=None, content_length=True, content_type="application/octet-stream"):
+                 redirect=None, content_length=True, content_type="application/octet-stream",
+                 trickle=0.0, endless=False):
         if isinstance(body, str):
             body = body.encode("utf-8")
         self.body = bytes(body)
@@ -69,6 +72,8 @@ class Route(object):
         self.redirect = redirect
         self.content_length = content_length
         self.content_type = content_type
+        self.trickle = trickle
+        self.endless = endless
 
 
 def _take(route, attr):
@@ -169,10 +174,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
             self.close_connection = True
             return
-        if route.content_length:
+        if route.content_length and not route.endless:
             self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if head:
+            return
+        if route.trickle or route.endless:
+            self._drip(owner, route, payload)
             return
         if stall:
             # Headers out, then a little data, then silence longer than any test timeout.
@@ -183,6 +191,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+    def _drip(self, owner, route, payload):
+        """A body byte by byte (trickle) or repeated forever (endless), until the client hangs up."""
+        try:
+            while not owner._stop.is_set():
+                if route.trickle:
+                    for i in range(len(payload)):
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                        if owner._stop.wait(route.trickle):
+                            return
+                else:
+                    self.wfile.write(payload or b"\0" * 65536)
+                if not route.endless:
+                    return
+        except (BrokenPipeError, ConnectionResetError, OSError):
             pass
 
 
@@ -198,7 +224,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class FileServer(object):
     """A threaded HTTP server on 127.0.0.1 serving ``routes`` (see the module doc)."""
 
-    def __init__(self, files=None):
+    def __init__(self, files=None, tls=None):
+        self.tls = tls              # (certfile, keyfile): serve https
         self.routes = {}
         self.requests = []
         self._lock = threading.Lock()
@@ -213,6 +240,11 @@ class FileServer(object):
     def start(self):
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
+        if self.tls is not None:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                         name="wetlite-test-http", daemon=True)
         self._thread.start()
@@ -238,8 +270,8 @@ class FileServer(object):
 
     @property
     def url(self):
-        """Base URL, no trailing slash: ``http://127.0.0.1:PORT``."""
-        return "http://127.0.0.1:%d" % self.port
+        """Base URL, no trailing slash: ``http://127.0.0.1:PORT`` (https with ``tls``)."""
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     # -- content --------------------------------------------------------------
 

@@ -239,6 +239,132 @@ def test_timeout_environment_variable_must_be_a_number(server, tmp_path, monkeyp
     assert leftovers(tmp_path) == []
 
 
+# -- endless, huge and trickling downloads ------------------------------------------------------
+
+
+def finishes(fn, seconds=60):
+    """Run ``fn()`` in a thread; return what it raised (or None); fail if it hangs."""
+    import threading
+    outcome = []
+
+    def run():
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "still downloading after %d s" % seconds
+    return outcome[0]
+
+
+def test_endless_download_stops_at_the_size_limit(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("WETLITE_DOWNLOAD_LIMIT", "1M")
+    server.add("/f", DATA, endless=True)
+    err = finishes(lambda: wetlite._download(server.url + "/f", str(tmp_path / "f")))
+    assert isinstance(err, wetlite.DownloadError), err
+    assert "more than 1.0 MB" in str(err) and "WETLITE_DOWNLOAD_LIMIT" in str(err)
+    assert len(server.requests_for("/f")) == 1          # not worth a retry
+    assert leftovers(tmp_path) == []
+
+
+def test_announced_size_above_the_limit_is_refused_before_reading(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("WETLITE_DOWNLOAD_LIMIT", "100k")
+    server.add("/f", DATA)
+    with pytest.raises(wetlite.DownloadError) as info:
+        wetlite._download(server.url + "/f", str(tmp_path / "f"))
+    assert "announces 204.8 kB" in str(info.value)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5M", "1.5G"])
+def test_download_limit_variable_must_be_a_size(server, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("WETLITE_DOWNLOAD_LIMIT", value)
+    server.add("/f", DATA)
+    with pytest.raises(wetlite.SpecError) as info:
+        wetlite._download(server.url + "/f", str(tmp_path / "f"))
+    assert "WETLITE_DOWNLOAD_LIMIT" in str(info.value) and repr(value) in str(info.value)
+
+
+def test_a_trickle_counts_as_a_stall(server, tmp_path):
+    # One byte every 50 ms never lets the stall timeout (0.5 s here) pass,
+    # but it is far below the minimum rate.
+    server.add("/f", DATA, trickle=0.05)
+    err = finishes(lambda: wetlite._download(server.url + "/f", str(tmp_path / "f")))
+    assert isinstance(err, wetlite.DownloadError), err
+    assert "too slow" in str(err)
+    assert len(server.requests_for("/f")) == wetlite._DOWNLOAD_ATTEMPTS
+    assert leftovers(tmp_path) == []
+
+
+def test_overall_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(wetlite, "_DOWNLOAD_MIN_RATE", 1, raising=False)     # the trickle below is "fast enough"
+    monkeypatch.setenv("WETLITE_DOWNLOAD_DEADLINE", "1.5")
+    server.add("/f", DATA, trickle=0.02)
+    err = finishes(lambda: wetlite._download(server.url + "/f", str(tmp_path / "f")))
+    assert isinstance(err, wetlite.DownloadError), err
+    assert "did not finish within 1.5 s" in str(err) and "WETLITE_DOWNLOAD_DEADLINE" in str(err)
+    assert leftovers(tmp_path) == []
+
+
+def test_overall_deadline_covers_a_stall_before_the_headers(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(wetlite, "_DOWNLOAD_TIMEOUT", 30.0)
+    monkeypatch.setenv("WETLITE_DOWNLOAD_DEADLINE", "1")
+    server.add("/f", DATA, stall=60, stall_before_headers=True)
+    err = finishes(lambda: wetlite._download(server.url + "/f", str(tmp_path / "f")), seconds=20)
+    assert isinstance(err, wetlite.DownloadError), err
+    assert "did not finish within 1 s" in str(err)
+
+
+@pytest.mark.parametrize("name", ["WETLITE_DOWNLOAD_TIMEOUT", "WETLITE_DOWNLOAD_DEADLINE"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_download_seconds_must_be_finite_and_positive(server, tmp_path, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    server.add("/f", DATA)
+    with pytest.raises(wetlite.SpecError) as info:
+        wetlite._download(server.url + "/f", str(tmp_path / "f"))
+    assert name in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: (certfile, keyfile)."""
+    import shutil
+    import subprocess
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    proc = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                           "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        pytest.skip("openssl could not make a certificate: %s" % proc.stdout.decode()[-300:])
+    return cert, key
+
+
+def test_https_to_https_redirect_is_followed(server, tmp_path, monkeypatch, certificate):
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    with FileServer(tls=certificate) as secure:
+        secure.add("/real", DATA)
+        secure.add("/moved", redirect=secure.url + "/real")
+        assert wetlite._download(secure.url + "/moved", str(tmp_path / "f")) == SHA
+
+
+def test_https_to_http_redirect_is_refused(server, tmp_path, monkeypatch, certificate):
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    server.add("/f", DATA)
+    with FileServer(tls=certificate) as secure:
+        secure.add("/f", redirect=server.url + "/f")
+        with pytest.raises(wetlite.DownloadError) as info:
+            wetlite._download(secure.url + "/f", str(tmp_path / "f"))
+    assert "refusing the redirect" in str(info.value) and server.url + "/f" in str(info.value)
+    assert server.requests_for("/f") == []
+    assert leftovers(tmp_path) == []
+
+
 # -- proxies ------------------------------------------------------------------------------
 
 
@@ -367,20 +493,20 @@ def test_no_progress_bar_on_captured_stderr_by_default(server, tmp_path, capsys)
 
 # -- safe extraction --------------------------------------------------------------------------
 
+LIMIT = 1 << 20
 
-def _check_refused(tmp_path, archive_bytes, suffix, *escape_targets):
-    """Extract into tmp/box/dest and check: ToolError, and no file anywhere."""
+
+def _check_refused(tmp_path, archive_bytes, suffix, *escape_targets, wanted=("ok/readme.txt",)):
+    """Extract into tmp/box/out and check: ToolError, and no file anywhere."""
     archive = tmp_path / ("archive" + suffix)
     archive.write_bytes(archive_bytes)
     box = tmp_path / "box"
     box.mkdir()
     (box / "keep.txt").write_bytes(b"untouched")
-    dest = box / "dest"
     with pytest.raises(wetlite.ToolError) as info:
-        wetlite._safe_extract(str(archive), str(dest))
+        wetlite._extract_binary(str(archive), wanted, str(box / "out"), LIMIT)
     assert str(archive) in str(info.value)
-    assert not dest.exists() or leftovers(dest) == []
-    assert sorted(os.listdir(str(box))) in (["keep.txt"], ["dest", "keep.txt"])
+    assert sorted(os.listdir(str(box))) == ["keep.txt"]
     assert (box / "keep.txt").read_bytes() == b"untouched"
     assert sorted(os.listdir(str(tmp_path))) == ["archive" + suffix, "box"]
     for target in escape_targets:
@@ -391,40 +517,101 @@ def _check_refused(tmp_path, archive_bytes, suffix, *escape_targets):
 GOOD = ("ok/readme.txt", b"harmless")
 
 
-def test_extract_good_tar_gz(tmp_path):
-    archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(tar_bytes([("pixi", b"#!/bin/sh\n"), GOOD, tar_info("ok/link", tarfile.SYMTYPE, "readme.txt")]))
-    dest = tmp_path / "out"
-    wetlite._safe_extract(str(archive), str(dest))
-    assert (dest / "pixi").read_bytes() == b"#!/bin/sh\n"
-    assert (dest / "ok" / "readme.txt").read_bytes() == b"harmless"
-    assert os.readlink(str(dest / "ok" / "link")) == "readme.txt"
-    assert os.access(str(dest / "pixi"), os.X_OK)
+def extract(tmp_path, data, suffix, wanted, limit=LIMIT):
+    archive = tmp_path / ("a" + suffix)
+    archive.write_bytes(data)
+    out = tmp_path / "out"
+    digest = wetlite._extract_binary(str(archive), wanted, str(out), limit)
+    return out, digest
 
 
-def test_extract_good_tar_bz2(tmp_path):
-    archive = tmp_path / "a.tar.bz2"
-    archive.write_bytes(tar_bytes([("bin/micromamba", b"binary"), ("info/index.json", b"{}")], "bz2"))
-    dest = tmp_path / "out"
-    wetlite._safe_extract(str(archive), str(dest))
-    assert (dest / "bin" / "micromamba").read_bytes() == b"binary"
+def test_extract_the_wanted_member_of_a_tar_gz_and_nothing_else(tmp_path):
+    data = tar_bytes([("pixi", b"#!/bin/sh\n"), GOOD, tar_info("ok/link", tarfile.SYMTYPE, "readme.txt")])
+    out, digest = extract(tmp_path, data, ".tar.gz", ("pixi",))
+    assert out.read_bytes() == b"#!/bin/sh\n"
+    assert digest == hashlib.sha256(b"#!/bin/sh\n").hexdigest()
+    assert sorted(os.listdir(str(tmp_path))) == ["a.tar.gz", "out"]
+    assert stat_mode(out) == 0o600
 
 
-def test_extract_good_zip(tmp_path):
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(zip_bytes([("pixi.exe", b"MZ..."), GOOD]))
-    dest = tmp_path / "out"
-    wetlite._safe_extract(str(archive), str(dest))
-    assert (dest / "pixi.exe").read_bytes() == b"MZ..."
-    assert (dest / "ok" / "readme.txt").read_bytes() == b"harmless"
+def stat_mode(path):
+    return os.stat(str(path)).st_mode & 0o777
+
+
+def test_extract_from_tar_bz2_by_path(tmp_path):
+    data = tar_bytes([("info/index.json", b"{}"), ("bin/micromamba", b"binary")], "bz2")
+    out, _ = extract(tmp_path, data, ".tar.bz2", ("bin/micromamba",))
+    assert out.read_bytes() == b"binary"
+
+
+def test_extract_a_bare_name_at_any_depth(tmp_path):
+    data = tar_bytes([("pixi-x86_64/README.md", b"docs"), ("pixi-x86_64/pixi", b"binary")])
+    out, _ = extract(tmp_path, data, ".tar.gz", ("pixi",))
+    assert out.read_bytes() == b"binary"
+
+
+def test_extract_from_zip(tmp_path):
+    out, _ = extract(tmp_path, zip_bytes([("pixi.exe", b"MZ..."), GOOD]), ".zip", ("pixi.exe",))
+    assert out.read_bytes() == b"MZ..."
+
+
+def test_extract_from_plain_tar(tmp_path):
+    out, _ = extract(tmp_path, tar_bytes([GOOD, tar_info("ok/hard", tarfile.LNKTYPE, "ok/readme.txt")], ""),
+                     ".tar", ("ok/readme.txt",))
+    assert out.read_bytes() == b"harmless"
+
+
+def test_extract_archive_without_the_member(tmp_path):
+    with pytest.raises(wetlite.ToolError) as info:
+        extract(tmp_path, tar_bytes([GOOD]), ".tar.gz", ("pixi",))
+    assert "pixi" in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_extract_unreadable_archive(tmp_path):
     archive = tmp_path / "a.tar.gz"
     archive.write_bytes(b"this is not an archive at all")
     with pytest.raises(wetlite.ToolError) as info:
-        wetlite._safe_extract(str(archive), str(tmp_path / "out"))
+        wetlite._extract_binary(str(archive), ("pixi",), str(tmp_path / "out"), LIMIT)
     assert str(archive) in str(info.value)
+
+
+# Decompression bombs: a few hundred bytes that unpack to many MB.  The cap
+# stops them as soon as it is passed, and nothing of them reaches the disk.
+
+BOMB = 8 << 20
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_bomb_before_the_wanted_member_is_refused(tmp_path, compression):
+    data = tar_bytes([("info/junk", b"\0" * BOMB), ("bin/micromamba", b"binary")], compression)
+    assert len(data) < BOMB // 100
+    err = _check_refused(tmp_path, data, ".tar." + compression, wanted=("bin/micromamba",))
+    assert "more than 1.0 MB" in str(err) and "WETLITE_DOWNLOAD_LIMIT" in str(err)
+
+
+def test_bomb_as_the_wanted_member_is_refused(tmp_path):
+    data = tar_bytes([("bin/micromamba", b"\0" * BOMB)], "bz2")
+    _check_refused(tmp_path, data, ".tar.bz2", wanted=("bin/micromamba",))
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    data = zip_bytes([("pixi.exe", b"\0" * BOMB)])
+    assert len(data) < BOMB // 100
+    _check_refused(tmp_path, data, ".zip", wanted=("pixi.exe",))
+
+
+def test_too_many_members_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(wetlite, "_ARCHIVE_MEMBER_LIMIT", 50)
+    data = tar_bytes([("f%d" % i, b"") for i in range(60)] + [GOOD])
+    err = _check_refused(tmp_path, data, ".tar.gz")
+    assert "more than 50 members" in str(err)
+
+
+def test_a_member_within_the_limit_is_fine(tmp_path):
+    data = tar_bytes([("bin/micromamba", b"\1" * (LIMIT - 10))], "bz2")
+    out, _ = extract(tmp_path, data, ".tar.bz2", ("bin/micromamba",))
+    assert out.stat().st_size == LIMIT - 10
 
 
 @pytest.mark.parametrize("compression", ["gz", "bz2"])
@@ -434,7 +621,7 @@ def test_tar_dotdot_member_refused(tmp_path, compression):
     assert "'..'" in str(err)
 
 
-def test_tar_nested_dotdot_member_refused(tmp_path):
+def test_an_unsafe_member_after_the_wanted_one_refuses_the_archive(tmp_path):
     data = tar_bytes([GOOD, ("ok/../../evil", b"x")])
     _check_refused(tmp_path, data, ".tar.gz", tmp_path / "box" / "evil")
 
@@ -449,26 +636,27 @@ def test_tar_absolute_member_refused(tmp_path):
 @pytest.mark.parametrize("linkname", ["../outside", "../../outside", "ok/../../outside", "/etc/passwd"])
 def test_tar_symlink_pointing_outside_refused(tmp_path, linkname):
     data = tar_bytes([GOOD, tar_info("link", tarfile.SYMTYPE, linkname)])
-    _check_refused(tmp_path, data, ".tar.gz", tmp_path / "box" / "dest" / "link")
+    _check_refused(tmp_path, data, ".tar.gz")
 
 
 def test_tar_symlink_in_subdir_pointing_outside_refused(tmp_path):
-    # "ok/../.." from ok/ is outside, even though "../.." has one ".." less than the member depth.
     data = tar_bytes([GOOD, tar_info("ok/deeper/link", tarfile.SYMTYPE, "../../../outside")])
     _check_refused(tmp_path, data, ".tar.gz")
 
 
+def test_tar_symlink_as_the_wanted_member_refused(tmp_path):
+    data = tar_bytes([tar_info("pixi", tarfile.SYMTYPE, "/bin/sh")])
+    _check_refused(tmp_path, data, ".tar.gz", wanted=("pixi",))
+
+
 def test_tar_symlink_then_write_through_it_refused(tmp_path):
-    # Classic: a link to the parent, then a file written through the link.
     data = tar_bytes([GOOD, tar_info("up", tarfile.SYMTYPE, ".."), ("up/evil", b"x")])
     _check_refused(tmp_path, data, ".tar.gz", tmp_path / "box" / "evil")
 
 
 def test_tar_chained_symlinks_escaping_refused(tmp_path):
     # Each link looks inside on its own ("a" -> ".", "a/b" -> ".." is dest
-    # when read lexically), but a/b really is dest/b, whose ".." is outside;
-    # "a/b/evil" would then land next to dest.  Must be a ToolError, before
-    # anything is written.
+    # when read lexically), but a/b really is dest/b, whose ".." is outside.
     data = tar_bytes([
         GOOD,
         tar_info("a", tarfile.SYMTYPE, "."),
@@ -482,13 +670,6 @@ def test_tar_chained_symlinks_escaping_refused(tmp_path):
 def test_tar_hardlink_outside_refused(tmp_path, linkname):
     data = tar_bytes([GOOD, tar_info("hard", tarfile.LNKTYPE, linkname)])
     _check_refused(tmp_path, data, ".tar.gz")
-
-
-def test_tar_hardlink_inside_is_fine(tmp_path):
-    archive = tmp_path / "a.tar"
-    archive.write_bytes(tar_bytes([GOOD, tar_info("ok/hard", tarfile.LNKTYPE, "ok/readme.txt")], ""))
-    wetlite._safe_extract(str(archive), str(tmp_path / "out"))
-    assert (tmp_path / "out" / "ok" / "hard").read_bytes() == b"harmless"
 
 
 @pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE], ids=["chr", "blk", "fifo"])
@@ -509,3 +690,14 @@ def test_zip_symlink_refused(tmp_path):
     info.external_attr = (0o120777 << 16)
     data = zip_bytes([GOOD, (info, "/etc/passwd")])
     _check_refused(tmp_path, data, ".zip")
+
+
+def test_extraction_never_writes_through_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_bytes([("pixi", b"binary")]))
+    os.symlink(str(victim), str(tmp_path / "out"))
+    with pytest.raises(wetlite.WetliteError):
+        wetlite._extract_binary(str(archive), ("pixi",), str(tmp_path / "out"), LIMIT)
+    assert victim.read_bytes() == b"precious"

@@ -428,6 +428,63 @@ def test_malicious_micromamba_package_is_refused(server, tmp_path):
     assert not os.path.lexists(str(tmp_path / "evil"))
 
 
+# -- bombs, endless assets and leftovers ---------------------------------------------------------
+
+
+def test_micromamba_package_bomb_is_refused_without_filling_the_disk(server, root, monkeypatch):
+    # 8 MiB of zeros packed into a few hundred bytes, before the real binary.
+    monkeypatch.setenv("WETLITE_DOWNLOAD_LIMIT", "1M")
+    raw = "/0.99.0-0/" + MM_ASSET
+    binary = script("0.99.0")
+    package = tar_bytes([("info/junk", b"\0" * (8 << 20)), ("bin/micromamba", binary)], "bz2")
+    assert len(package) < 4096
+    server.add(raw + ".tar.bz2", package)
+    server.add(raw + ".sha256", sha(binary))
+    with pytest.raises(wetlite.ToolError) as info:
+        install("micromamba", root, "0.99.0-0", server)
+    assert "more than 1.0 MB" in str(info.value)
+    assert bin_listing(root) == []
+
+
+def test_raw_micromamba_asset_is_verified_before_anything_is_extracted(server, root):
+    # A package served under the raw binary's name: its digest is not the
+    # binary's, so it is refused as it is, never unpacked.
+    raw = "/0.99.0-0/" + MM_ASSET
+    binary = script("0.99.0")
+    server.add(raw, mm_package(binary))
+    server.add(raw + ".sha256", sha(binary))
+    with pytest.raises(wetlite.DownloadError) as info:
+        install("micromamba", root, "0.99.0-0", server)
+    assert "checksum mismatch" in str(info.value)
+    assert bin_listing(root) == []
+
+
+def test_endless_pixi_asset_stops_at_the_tool_size_limit(server, root, monkeypatch):
+    monkeypatch.setattr(wetlite, "_TOOL_SIZE_LIMITS", {"pixi": 1 << 20, "micromamba": 1 << 20}, raising=False)
+    pixi_release(server, "v0.99.0", endless=True, sidecar="0" * 64)
+    import threading
+    failure = []
+    t = threading.Thread(target=lambda: failure.append(pytest.raises(wetlite.DownloadError, install, "pixi", root,
+                                                                      "v0.99.0", server)), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the endless download went on"
+    assert "more than 1.0 MB" in str(failure[0].value)
+    assert bin_listing(root) == []
+
+
+def test_staging_dirs_of_killed_installs_are_removed(server, root):
+    stale = os.path.join(root, "bin", ".install-pixi-k1ll3d")
+    os.makedirs(stale)
+    with open(os.path.join(stale, PIXI_ASSET + ".part"), "wb") as f:
+        f.write(b"\0" * 100000)
+    other = os.path.join(root, "bin", ".install-micromamba-busy")        # another tool's: not ours to judge
+    os.makedirs(other)
+    pixi_release(server, "v0.99.0")
+    install("pixi", root, "v0.99.0", server)
+    assert bin_listing(root) == [".install-micromamba-busy", ".pixi-version", "pixi"]
+
+
 # -- the --version smoke test and upgrades ------------------------------------------------------
 
 

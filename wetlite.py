@@ -182,6 +182,7 @@ _DOWNLOAD_LIMIT = 512 << 20   # bytes: the ceiling of one download, and of what 
 # sends more is refused long before the disk fills.
 _TOOL_SIZE_LIMITS = {"pixi": 256 << 20, "micromamba": 128 << 20}
 _ARCHIVE_MEMBER_LIMIT = 10000
+_LOCK_TIMEOUT = 3600.0        # seconds to wait for another process's lock (a build can take long)
 _DOWNLOAD_ATTEMPTS = 4        # tries per file for transient errors
 _BACKOFF_SECONDS = 1.0        # first retry delay; doubles each time
 _TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
@@ -490,13 +491,27 @@ def _check_env_name(name):
     return name
 
 
+def _makedirs_private(path):
+    """os.makedirs, but each directory it creates is 0700 (private to this user)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
 def _atomic_write(path, data):
-    """Write ``data`` (str or bytes) to ``path`` through a temp file and os.replace."""
+    """Write ``data`` (str or bytes) to ``path`` (0600) through a temp file and os.replace."""
     import tempfile
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    _makedirs_private(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -510,21 +525,161 @@ def _atomic_write(path, data):
 
 
 _OPEN_FLAGS = {"wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-               "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a+b": os.O_RDWR | os.O_CREAT}
+               "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "r+b": os.O_RDWR | os.O_CREAT}
 
 
 def _open_private(path, mode="wb", encoding=None):
-    """Open a file of wetlite's for writing: created 0600, never through a
-    symbolic link (another user's link could point at the victim's files)."""
+    """Open (create) a file of wetlite's: 0600, and never through a symbolic
+    link, which another user could have pointed at the victim's files."""
     flags = _OPEN_FLAGS[mode] | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags, 0o600)
-    except OSError as exc:
+    except OSError:
         if os.path.islink(path):
-            raise WetliteError("refusing to open %s: it is a symbolic link, which wetlite never follows for its "
-                               "own files; remove it" % (path,))
-        raise exc
+            raise WetliteError("refusing to open %s: it is a symbolic link, and wetlite never follows one to "
+                               "its own files; remove it" % (path,))
+        raise
     return os.fdopen(fd, mode, encoding=encoding)
+
+
+# --- Trust in the root ---------------------------------------------------------
+#
+#    wetlite runs what it finds under the root: tool binaries, the worker's
+#    runtime copy, interpreters named in records.  So the root, and every
+#    directory of wetlite's in it, must belong to this user (or to the
+#    system administrator, uid 0) and be writable by nobody else; wetlite
+#    creates them 0700.  Windows ACLs are not checked.
+
+_ROOT_DIRS = ("bin", "envs", "workspaces", "pkgs", "state", os.path.join("state", "envs"),
+              os.path.join("state", "locks"), os.path.join("state", "logs"), os.path.join("state", "runtime"))
+
+
+def _untrusted_reason(st):
+    """Why a file or directory with this stat is not safe to take code from, or None."""
+    if st.st_uid not in (os.geteuid(), 0):
+        return "belongs to user id %d, not to you (%d)" % (st.st_uid, os.geteuid())
+    if st.st_mode & 0o022:
+        return "can be written by its group or by other users (mode %03o)" % (st.st_mode & 0o777)
+    return None
+
+
+def _check_trusted(path, what):
+    """Raise WetliteError if ``path`` is a link, belongs to another user, or
+    others can write it.  Returns whether it exists."""
+    if _WINDOWS:
+        return os.path.lexists(path)
+    import stat
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    reason = "is a symbolic link" if stat.S_ISLNK(st.st_mode) else _untrusted_reason(st)
+    if reason:
+        raise WetliteError(
+            "refusing %s %s: it %s, so someone else could plant code there that wetlite would run as you; "
+            "remove it, or make it yours with mode 700" % (what, path, reason))
+    return True
+
+
+def _secure_root(root, create=True):
+    """Create ``root`` (0700) or check that it can be trusted, with the
+    directories wetlite keeps in it.  Writes nothing to an existing root.
+    Returns whether the root exists (with ``create=False`` it may not)."""
+    if not os.path.lexists(root):
+        if not create:
+            return False
+        try:
+            _makedirs_private(root)
+        except OSError as exc:
+            raise WetliteError("cannot create the wetlite root %s: %s; choose another root (root= or %s)"
+                               % (root, exc.strerror or exc, _ENV_ROOT))
+    if not _WINDOWS:
+        # The root may be a link (to a bigger disk, say) if the link and its target are trusted.
+        import stat
+        link = os.lstat(root)
+        reason = None
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.geteuid(), 0):
+            reason = "is a symbolic link that belongs to user id %d" % link.st_uid
+        if reason is None:
+            st = os.stat(root)
+            reason = _untrusted_reason(st) if stat.S_ISDIR(st.st_mode) else "is not a directory"
+        if reason:
+            raise WetliteError(
+                "refusing the wetlite root %s: it %s, so someone else could plant code there that wetlite would "
+                "run as you; use a root of your own (root= or %s), or fix its owner and mode (chmod 700)"
+                % (root, reason, _ENV_ROOT))
+    for name in _ROOT_DIRS:
+        _check_trusted(os.path.join(root, name), "the directory")
+    state = os.path.join(root, "state")
+    try:
+        if not _WINDOWS and os.path.isdir(state) and os.stat(state).st_mode & 0o077:
+            os.chmod(state, 0o700)          # logs and records are nobody else's business
+    except OSError:
+        pass                                # a read-only root
+    return True
+
+
+def _pid_alive(pid):
+    """Does process ``pid`` exist?  (os.kill(pid, 0) would kill it on Windows.)"""
+    if _WINDOWS:
+        import _winapi
+        try:
+            handle = _winapi.OpenProcess(0x1000, False, pid)        # PROCESS_QUERY_LIMITED_INFORMATION
+        except OSError:
+            return False
+        try:
+            return _winapi.GetExitCodeProcess(handle) == 259        # STILL_ACTIVE
+        finally:
+            _winapi.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass                                # another user's: alive
+    return True
+
+
+_TEMP_SWEPT = []
+
+
+def _private_temp_dir(kind):
+    """A fresh 0700 temp dir named wetlite-KIND-PID-XXXXXXXX.
+
+    The first one of a process also removes those that processes killed
+    before they could clean up left behind: this user's, with a dead PID.
+    """
+    import tempfile
+    if not _TEMP_SWEPT:
+        _TEMP_SWEPT.append(True)
+        _sweep_dead_temp_dirs(tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix="wetlite-%s-%d-" % (kind, os.getpid()))
+
+
+def _sweep_dead_temp_dirs(directory):
+    import re
+    import stat
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = re.match(r"^wetlite-[a-z]+-(\d+)-[A-Za-z0-9_]+\Z", name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if (not stat.S_ISDIR(st.st_mode) or (not _WINDOWS and st.st_uid != os.geteuid())
+                or os.path.exists(os.path.join(path, _KEPT_MARKER)) or _pid_alive(int(m.group(1)))):
+            continue
+        _log().debug("removing %s, left by process %s, which is gone", path, m.group(1))
+        _rmtree(path)
+
+
+_KEPT_MARKER = "KEPT-BY-WETLITE_DEBUG"
 
 
 def _read_json(path):
@@ -572,30 +727,63 @@ class _FileLock(object):
     """An exclusive lock between processes (and threads) on a lock file.
 
     fcntl.flock on POSIX, msvcrt.locking on Windows.  The lock is released
-    by the OS if the holder dies, so a crash never leaves it stuck.
+    by the OS if the holder dies, so a crash never leaves it stuck.  The
+    holder writes its pid into the file, so that a wait that times out can
+    name it.  A lock file that cannot be created because the root is
+    read-only is no lock at all: nobody can change such a root either.
     """
 
-    def __init__(self, path, what="the lock"):
+    def __init__(self, path, what="the lock", timeout=None):
         self.path = path
         self.what = what
+        self.timeout = _LOCK_TIMEOUT if timeout is None else timeout
         self._file = None
 
     def __enter__(self):
+        import errno
         import time
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        f = open(self.path, "a+b")
+        directory = os.path.dirname(self.path)
+        try:
+            _makedirs_private(directory)
+            f = _open_private(self.path, "r+b")
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and os.path.isdir(directory):
+                _log().debug("cannot take %s (%s): %s; going on without it", self.what, self.path, exc.strerror)
+                return self
+            raise
+        deadline = time.monotonic() + self.timeout
         waited = False
         try:
             while not self._try_lock(f):
                 if not waited:
-                    _log().info("waiting for another process holding %s (%s)", self.what, self.path)
+                    _log().info("waiting for %s holding %s (%s)", self._holder(f), self.what, self.path)
                     waited = True
+                if time.monotonic() > deadline:
+                    raise WetliteError(
+                        "gave up waiting for %s after %s s: %s holds it (%s); if that process is stuck, stop it"
+                        % (self.what, _format_number(self.timeout), self._holder(f), self.path))
                 time.sleep(0.05)
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(b"%d\n" % os.getpid())
+                f.flush()
+            except OSError:
+                pass
         except BaseException:
             f.close()
             raise
         self._file = f
         return self
+
+    @staticmethod
+    def _holder(f):
+        try:
+            f.seek(0)
+            text = f.read(32).decode("ascii", "replace").strip()
+        except OSError:
+            text = ""
+        return ("process %s" % text) if text.isdigit() else "another process"
 
     @staticmethod
     def _try_lock(f):
@@ -635,14 +823,26 @@ class _FileLock(object):
 # =============================================================================
 
 
-def _mask_url(url):
-    """The URL with any user:password part hidden, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    end = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0] or [len(rest)])
-    userinfo, at, host = rest[:end].rpartition("@")
-    return url if not at else "%s://***@%s%s" % (scheme, host, rest[end:])
+def _mask_url(text):
+    """``text`` with the user:password part of every URL in it hidden, for
+    messages, logs and records: ``https://u:p@host/x`` -> ``https://***@host/x``."""
+    if "@" not in text or "://" not in text:
+        return text
+    import re
+    # The user info ends at the last "@" before the path: a password may hold an "@".
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@", r"\1***@", text)
+
+
+def _mask_secrets(value):
+    """Credentials in URLs hidden in a string, or in the strings of lists,
+    tuples and dict values (a recipe, a mapping of environment variables)."""
+    if isinstance(value, str):
+        return _mask_url(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_secrets(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mask_secrets(v) for k, v in value.items()}
+    return value
 
 
 def _urlopen(url, proxies=None, timeout=None, headers=None, watchdog=None):
@@ -1176,14 +1376,14 @@ def _install_tool(tool, root, tag, base_url, proxies=None, verify=True, platform
     bin_dir = os.path.join(root, "bin")
     target = os.path.join(bin_dir, _exe_name(tool, windows))
     marker = os.path.join(bin_dir, "." + tool + "-version")
-    if os.path.isfile(target) and _read_marker(marker) == tag:
+    if _check_trusted(target, "the tool binary") and _read_marker(marker) == tag:
         return target
     with _FileLock(os.path.join(root, "state", "locks", "install-" + tool + ".lock"), "the %s install lock" % tool):
         if os.path.isfile(target) and _read_marker(marker) == tag:
             return target           # another process installed it while we waited
         import glob
         import tempfile
-        os.makedirs(bin_dir, exist_ok=True)
+        _makedirs_private(bin_dir)
         # Holding the lock, any other staging dir is a killed install's leftover.
         for stale in glob.glob(os.path.join(glob.escape(bin_dir), ".install-" + tool + "-*")):
             _log().debug("removing %s, left by an install that was killed", stale)
@@ -3039,8 +3239,7 @@ def _scripts_dir():
     global _scripts_dir_path
     if _scripts_dir_path is None or not os.path.isdir(_scripts_dir_path):
         import atexit
-        import tempfile
-        _scripts_dir_path = tempfile.mkdtemp(prefix="wetlite-scripts-")
+        _scripts_dir_path = _private_temp_dir("scripts")
         atexit.register(_remove_scripts_dir, _scripts_dir_path)
     return _scripts_dir_path
 
@@ -3048,6 +3247,10 @@ def _scripts_dir():
 def _remove_scripts_dir(path):
     if _debug_enabled():
         _eprint("wetlite: keeping generated scripts in %s (WETLITE_DEBUG is set)" % path)
+        try:
+            _open_private(os.path.join(path, _KEPT_MARKER), "wb").close()      # not a leftover to sweep
+        except OSError:
+            pass
     else:
         _rmtree(path)
 
@@ -3150,17 +3353,18 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
     lines = []
     log_file = None
     if log_path:
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        log_file = open(log_path, "a", encoding="utf-8")
-        log_file.write("$ %s\n" % " ".join(argv))
+        _makedirs_private(os.path.dirname(log_path))
+        log_file = _open_private(log_path, "a", encoding="utf-8")
+        log_file.write("$ %s\n" % _mask_url(" ".join(argv)))
     logger = _log()
 
     def handle(line):
-        tail.append(line)
-        lines.append(line)
-        logger.log(log_level, "%s: %s", label, line)
+        lines.append(line)          # the caller's, as printed; what wetlite keeps or logs is masked
+        shown = _mask_url(line)
+        tail.append(shown)
+        logger.log(log_level, "%s: %s", label, shown)
         if log_file is not None:
-            log_file.write(line + "\n")
+            log_file.write(shown + "\n")
         if on_line is not None:
             on_line(line)
 
@@ -3216,7 +3420,7 @@ def _run_capture(argv, env=None, cwd=None, timeout=600, what=None):
     except OSError as exc:
         raise ToolError("cannot run %s: %s" % (argv[0], exc))
     if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-_OUTPUT_TAIL_LINES:]
+        tail = _mask_url(proc.stderr.decode("utf-8", "replace")).strip().splitlines()[-_OUTPUT_TAIL_LINES:]
         raise CommandError("%s failed with exit code %d:\n%s" % (what or argv[0], proc.returncode, _indent(tail)),
                            returncode=proc.returncode, output_tail="\n".join(tail))
     return proc.stdout.decode("utf-8", "replace")
@@ -3462,7 +3666,7 @@ class Environment(object):
         # A boot script in the private runtime dir, run by path: sys.path[0]
         # is then that dir, and wetlite.py beside it is what gets imported.
         # (-m would put the host's cwd first, and a wetlite.py there would win.)
-        return [self.python, "-u", os.path.join(_runtime_dir(self.manager.root), "_wetlite_worker.py")]
+        return [self.python, "-u", os.path.join(_runtime_dir(self.manager._checked_root()), "_wetlite_worker.py")]
 
     def _worker_environ(self):
         env = _apply_activation(_child_environ(scrub_tools=True), self._activation_environ())
@@ -3480,7 +3684,10 @@ class Environment(object):
             activation = self._capture_activation()
             if record is not None and record.get("prefix") == self.path:
                 record["activation"] = activation
-                _write_json(record_path, record)
+                try:
+                    _write_json(record_path, record)
+                except OSError as exc:          # a read-only root: computed again next time
+                    _log().debug("cannot cache the activation of %r in %s: %s", self.name, record_path, exc)
         self._activation_cache = activation
         return activation
 
@@ -3652,9 +3859,16 @@ class EnvironmentManager(object):
         self.environments = {}
         self.main_environment = _MainEnvironment(self)
         self._tool_exe = None
+        self._root_checked = False
 
     def __repr__(self):
         return "<EnvironmentManager %s at %r>" % (self.tool, self.root)
+
+    def _checked_root(self, create=True):
+        """The root, created (or not) and checked (see _secure_root) on first use."""
+        if not self._root_checked:
+            self._root_checked = _secure_root(self.root, create)
+        return self.root
 
     # -- the tool -----------------------------------------------------------
 
@@ -3676,6 +3890,7 @@ class EnvironmentManager(object):
             return None
         if self._tool_exe:
             return self._tool_exe
+        self._checked_root()
         if self.tool_path:
             path = self._tool_exe_path()
             if not os.path.isfile(path):
@@ -3714,7 +3929,7 @@ class EnvironmentManager(object):
 
         label = "%s %s" % (name, os.path.basename(argv[0]))
         _run_streaming(argv, label, env=env or self._tool_environ(), cwd=cwd, on_line=on_line,
-                       log_path=os.path.join(self.root, "state", "logs", name + ".log"),
+                       log_path=os.path.join(self._checked_root(), "state", "logs", name + ".log"),
                        what=what or "%s %s" % (os.path.basename(argv[0]), argv[1] if len(argv) > 1 else ""))
 
     def _tool_environ(self):
@@ -3727,9 +3942,10 @@ class EnvironmentManager(object):
         return os.path.join(self.root, "workspaces" if (tool or self.tool) == "pixi" else "envs", name)
 
     def _record_path(self, name):
-        return os.path.join(self.root, "state", "envs", name + ".json")
+        return os.path.join(self._checked_root(create=False), "state", "envs", name + ".json")
 
     def _lock(self, name):
+        self._checked_root()
         return _FileLock(os.path.join(self.root, "state", "locks", "env-" + name + ".lock"),
                          "the lock of environment %r" % name)
 
@@ -3857,13 +4073,13 @@ class EnvironmentManager(object):
         record = {
             "name": name, "tool": self.tool, "dir": directory, "prefix": prefix, "manifest": manifest,
             "python": _env_python(prefix, "venv" if self.tool == "venv" else "conda"),
-            "recipe_hash": recipe["hash"], "recipe": recipe["identity"], "state": "creating",
+            "recipe_hash": recipe["hash"], "recipe": _mask_secrets(recipe["identity"]), "state": "creating",
             "wetlite_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _write_json(self._record_path(name), record)
         env = self._from_record(name, record)
         try:
-            os.makedirs(os.path.dirname(directory), exist_ok=True)
+            _makedirs_private(os.path.dirname(directory))
             getattr(self, "_build_" + self.tool)(env, recipe, progress)
             version = _interpreter_version(env.python)
             if version is None:
@@ -3927,7 +4143,7 @@ class EnvironmentManager(object):
         init = True
         if cfg is not None and cfg["kind"] in ("pixi", "pyproject"):
             directory = os.path.dirname(env.manifest)
-            os.makedirs(directory)
+            os.mkdir(directory, 0o700)
             for path in cfg["files"]:
                 shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
             self._run_tool([exe, "install", "--manifest-path", env.manifest], env.name, "install", progress,
@@ -4010,7 +4226,8 @@ class EnvironmentManager(object):
             if env.managed:
                 record = _read_json(self._record_path(env.name))
                 if record is not None:
-                    record.setdefault("installed", []).append({"dependencies": spec, "config": cfg and cfg["path"]})
+                    record.setdefault("installed", []).append({"dependencies": _mask_secrets(spec),
+                                                               "config": cfg and cfg["path"]})
                     record.pop("activation", None)
                     _write_json(self._record_path(env.name), record)
 
@@ -4063,7 +4280,8 @@ class EnvironmentManager(object):
         """Ready environments under root: dicts with name, tool, path, python_version."""
         import glob
         found = []
-        for path in sorted(glob.glob(os.path.join(self.root, "state", "envs", "*.json"))):
+        for path in sorted(glob.glob(os.path.join(glob.escape(self._checked_root(create=False)), "state", "envs",
+                                                  "*.json"))):
             record = _read_json(path)
             if record and record.get("state") == "ready":
                 found.append({"name": record.get("name"), "tool": record.get("tool"), "path": record.get("prefix"),
@@ -5113,15 +5331,53 @@ sys.exit(wetlite.main(["serve"]))
 """
 
 
+_RUNTIME_FALLBACK = {}          # digest -> temp dir, when the root cannot hold the runtime copy
+
+
 def _runtime_dir(root):
-    """{root}/state/runtime/<hash>/: a copy of this file as wetlite.py, and its worker boot script."""
+    """{root}/state/runtime/<hash>/: a copy of this file as wetlite.py, and its worker boot script.
+
+    Before each start both are compared with what they must hold (a copy that
+    differs is written again), and the directory must be trusted.  When the
+    root is read-only, a private temp dir holds them instead.
+    """
     data, digest = _self_source()
     directory = os.path.join(root, "state", "runtime", digest)
-    boot = os.path.join(directory, "_wetlite_worker.py")
-    if not os.path.isfile(boot):
-        _atomic_write(os.path.join(directory, "wetlite.py"), data)
-        _atomic_write(boot, _WORKER_BOOT)
-    return directory
+    try:
+        _write_runtime(directory, data)
+        return directory
+    except OSError as exc:
+        fallback = _RUNTIME_FALLBACK.get(digest)
+        if fallback is None or not os.path.isdir(fallback):
+            import atexit
+            fallback = _private_temp_dir("runtime")
+            _write_runtime(fallback, data)
+            atexit.register(_rmtree, fallback)
+            _RUNTIME_FALLBACK[digest] = fallback
+            _log().info("cannot write the worker's runtime copy under %s (%s); using %s", root,
+                        exc.strerror or exc, fallback)
+        return fallback
+
+
+def _write_runtime(directory, data):
+    exists = _check_trusted(directory, "the runtime directory")
+    if exists:
+        _check_trusted(os.path.join(directory, "__pycache__"), "the runtime directory")
+    for name, content in (("wetlite.py", data), ("_wetlite_worker.py", _WORKER_BOOT.encode("ascii"))):
+        path = os.path.join(directory, name)
+        if not (exists and _file_holds(path, content)):
+            _atomic_write(path, content)
+    if not exists:
+        os.mkdir(os.path.join(directory, "__pycache__"), 0o700)        # Python would make it 0755
+
+
+def _file_holds(path, content):
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return f.read(len(content) + 1) == content
 
 
 _ACTIVATION_NOISE = frozenset(["_", "SHLVL", "PWD", "OLDPWD", "PS1", "PS2", "PS4", "__wetlite_hook"])
@@ -6148,8 +6404,8 @@ def _info(mgr):
         "tool_installed": installed,
         "installed_version": (_read_marker(os.path.join(mgr.root, "bin", "." + mgr.tool + "-version"))
                               if installed and not mgr.tool_path else None),
-        "environment": {k: v for k, v in sorted(os.environ.items())
-                        if k.startswith("WETLITE_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")},
+        "environment": _mask_secrets({k: v for k, v in sorted(os.environ.items()) if k.startswith("WETLITE_")
+                                      or k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}),
     }
 
 

@@ -1,0 +1,400 @@
+"""Attacks on the root, its files and the processes wetlite starts (issue 11).
+
+Each test stages an attack that worked before and checks that it fails now:
+a root another user made or can write, planted runtime copies and binaries,
+symbolic links in place of logs and locks, secrets in logs and records,
+locks held by someone else, read-only roots and leftovers of killed runs.
+Tests that need a second user (chown) run only as root; the rest run as
+anyone.
+"""
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from conftest import HERE, REPO, make_wheel, wetlite
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX owners, modes and signals")
+
+AS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not AS_ROOT, reason="making files of another user needs root")
+OTHER_UID = 54321
+
+
+def mode(path):
+    return stat.S_IMODE(os.lstat(str(path)).st_mode)
+
+
+def finishes(fn, seconds=60):
+    """Run ``fn()`` in a thread; return (result, exception); fail if it hangs."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((fn(), None))
+        except BaseException as exc:
+            outcome.append((None, exc))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "still waiting after %d s" % seconds
+    return outcome[0]
+
+
+@pytest.fixture(scope="module")
+def venv_path(tmp_path_factory):
+    """One venv on the host's Python, built once; tests wrap it with mgr.load()."""
+    root = str(tmp_path_factory.mktemp("security") / "shared-root")
+    mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+    env = mgr.create("shared", force_external=True)
+    return env.path
+
+
+def runtime_dir(root):
+    return os.path.join(str(root), "state", "runtime", wetlite._self_source()[1])
+
+
+def plant_runtime(root, marker):
+    """What an attacker would put in a root they created first: a boot script that runs their code."""
+    directory = runtime_dir(root)
+    os.makedirs(directory)
+    code = "open(%r, 'w').write('pwned')\n" % str(marker)
+    for name in ("_wetlite_worker.py", "wetlite.py"):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write(code)
+    return directory
+
+
+def chown_tree(path, uid):
+    for directory, dirs, files in os.walk(str(path)):
+        for name in [directory] + [os.path.join(directory, n) for n in dirs + files]:
+            os.lchown(name, uid, uid)
+
+
+# -- a root someone else made or can write ----------------------------------------------------
+
+
+@needs_root
+def test_a_root_another_user_created_is_refused(tmp_path, venv_path):
+    root = tmp_path / "shared-wl"
+    marker = tmp_path / "pwned"
+    plant_runtime(root, marker)
+    chown_tree(root, OTHER_UID)
+    os.chmod(str(root), 0o755)
+    mgr = wetlite.EnvironmentManager(root=str(root), tool="venv")
+    env = mgr.load("victim", venv_path)
+    with pytest.raises(wetlite.WetliteError) as info:
+        env.execute("os", "getpid")
+    env.exit()
+    assert "refusing the wetlite root" in str(info.value) and str(OTHER_UID) in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", [".", "state", "state/runtime", "bin"])
+def test_a_root_or_dir_others_can_write_is_refused(tmp_path, venv_path, where):
+    root = tmp_path / "root"
+    marker = tmp_path / "pwned"
+    plant_runtime(root, marker)
+    os.makedirs(str(root / "bin"))
+    os.chmod(str(root / where), 0o777)
+    mgr = wetlite.EnvironmentManager(root=str(root), tool="venv")
+    env = mgr.load("victim", venv_path)
+    with pytest.raises(wetlite.WetliteError) as info:
+        env.execute("os", "getpid")
+    env.exit()
+    assert "can be written by its group or by other users" in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_planted_runtime_copy_is_replaced_not_run(tmp_path, venv_path):
+    # The hash in the path is public (it is the hash of wetlite.py): the
+    # content is what must be checked.
+    root = tmp_path / "root"
+    marker = tmp_path / "pwned"
+    directory = plant_runtime(root, marker)
+    env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("victim", venv_path)
+    try:
+        assert env.execute("os", "getpid") != os.getpid()
+    finally:
+        env.exit()
+    assert not marker.exists()
+    with open(os.path.join(directory, "wetlite.py"), "rb") as f:
+        assert f.read() == wetlite._self_source()[0]
+
+
+def test_a_planted_tool_binary_others_can_write_is_refused(tmp_path):
+    root = tmp_path / "root"
+    binary = root / "bin" / "micromamba"
+    os.makedirs(str(binary.parent), mode=0o700)
+    binary.write_text("#!/bin/sh\necho pwned > %s\n" % (tmp_path / "pwned"))
+    os.chmod(str(binary), 0o777)
+    (root / "bin" / ".micromamba-version").write_text(wetlite.MICROMAMBA_VERSION)
+    mgr = wetlite.EnvironmentManager(root=str(root), tool="micromamba", download_url="http://127.0.0.1:9")
+    with pytest.raises(wetlite.WetliteError) as info:
+        mgr.install_tool()
+    assert str(binary) in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+@needs_root
+def test_a_planted_tool_binary_of_another_user_is_refused(tmp_path):
+    root = tmp_path / "root"
+    binary = root / "bin" / "pixi"
+    os.makedirs(str(binary.parent), mode=0o700)
+    binary.write_text("#!/bin/sh\necho pixi 0.73.0\n")
+    os.chmod(str(binary), 0o755)
+    os.chown(str(binary), OTHER_UID, OTHER_UID)
+    (root / "bin" / ".pixi-version").write_text(wetlite.PIXI_VERSION)
+    mgr = wetlite.EnvironmentManager(root=str(root), tool="pixi", download_url="http://127.0.0.1:9")
+    with pytest.raises(wetlite.WetliteError) as info:
+        mgr.install_tool()
+    assert "belongs to user id %d" % OTHER_UID in str(info.value)
+
+
+def test_a_symlinked_root_of_ones_own_is_fine(tmp_path, venv_path):
+    (tmp_path / "real").mkdir(mode=0o700)
+    os.symlink(str(tmp_path / "real"), str(tmp_path / "link"))
+    env = wetlite.EnvironmentManager(root=str(tmp_path / "link"), tool="venv").load("e", venv_path)
+    try:
+        assert env.execute("os", "getpid") != os.getpid()
+    finally:
+        env.exit()
+
+
+# -- links instead of logs and locks ------------------------------------------------------------
+
+
+def test_a_symlinked_lock_file_is_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    locks = tmp_path / "root" / "state" / "locks"
+    os.makedirs(str(locks))
+    os.symlink(str(victim), str(locks / "env-e.lock"))
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    with pytest.raises(wetlite.WetliteError) as info:
+        mgr.create("e", force_external=True)
+    assert "symbolic link" in str(info.value)
+    assert victim.read_text() == "precious"
+
+
+def test_a_symlinked_log_file_is_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    logs = tmp_path / "root" / "state" / "logs"
+    os.makedirs(str(logs))
+    os.symlink(str(victim), str(logs / "e.log"))
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    with pytest.raises(wetlite.WetliteError) as info:
+        mgr.create("e", force_external=True)
+    assert "symbolic link" in str(info.value)
+    assert victim.read_text() == "precious"
+
+
+# -- private files, masked secrets -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wheels")
+    make_wheel(d, "probe-pkg", "1.0")
+    return str(d)
+
+
+SECRET_INDEX = "http://alice:S3CRET@127.0.0.1:9/simple"
+
+
+def everything_under(root):
+    for directory, dirs, files in os.walk(str(root)):
+        for name in dirs + files:
+            yield os.path.join(directory, name)
+
+
+def test_files_and_dirs_under_a_new_root_are_private_and_hold_no_secrets(tmp_path, wheel_dir):
+    old = os.umask(0o022)
+    try:
+        root = tmp_path / "root"
+        mgr = wetlite.EnvironmentManager(root=str(root), tool="venv")
+        env = mgr.create("e", {"pip": ["--index-url=" + SECRET_INDEX, "--no-index", "--find-links=" + wheel_dir,
+                                       "probe-pkg"]}, force_external=True)
+        env.execute("os", "getpid")
+        env.exit()
+    finally:
+        os.umask(old)
+    assert mode(root) == 0o700
+    state = root / "state"
+    for path in everything_under(state):
+        expected = 0o700 if os.path.isdir(path) else 0o600
+        assert mode(path) == expected, path
+        if os.path.isfile(path) and not path.endswith(".pyc"):
+            with open(path, "rb") as f:
+                assert b"S3CRET" not in f.read(), path
+    for name in ("bin", "envs", "state"):
+        if (root / name).exists():
+            assert mode(root / name) == 0o700, name
+    with open(str(state / "logs" / "e.log")) as f:
+        assert "--index-url=http://***@127.0.0.1:9/simple" in f.read()
+
+
+def test_a_failing_pip_step_shows_no_secret(tmp_path, caplog):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    with caplog.at_level(10, logger="wetlite"):
+        with pytest.raises(wetlite.CommandError) as info:
+            mgr.create("e", {"pip": ["--index-url=" + SECRET_INDEX, "--retries=0", "--timeout=1",
+                                     "no-such-package-anywhere"]}, force_external=True)
+    assert "S3CRET" not in str(info.value) and "S3CRET" not in info.value.output_tail
+    assert "S3CRET" not in caplog.text
+    for path in everything_under(tmp_path / "root"):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                assert b"S3CRET" not in f.read(), path
+
+
+def test_info_masks_proxies_and_the_mirror(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("https_proxy", "http://bob:PROXYPASS@proxy.example:3128")
+    monkeypatch.setenv("WETLITE_DOWNLOAD_URL", "https://carol:MIRRORPASS@mirror.example/releases")
+    assert wetlite.main(["--root", str(tmp_path / "root"), "--tool", "venv", "info"]) == 0
+    assert wetlite.main(["--root", str(tmp_path / "root"), "--tool", "venv", "info", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "PROXYPASS" not in out and "MIRRORPASS" not in out
+    assert "http://***@proxy.example:3128" in out and "https://***@mirror.example/releases" in out
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("pip install --index-url https://u:p@h/simple x", "pip install --index-url https://***@h/simple x"),
+    ("--proxy=http://u:p@ss@proxy:8080 and http://a:b@c/", "--proxy=http://***@proxy:8080 and http://***@c/"),
+    ("no credentials: https://h/a@b", "no credentials: https://h/a@b"),
+    ("mail me: someone@example.com", "mail me: someone@example.com"),
+])
+def test_mask_url_in_text(text, shown):
+    assert wetlite._mask_url(text) == shown
+
+
+def test_mask_secrets_in_structures():
+    masked = wetlite._mask_secrets({"pip": ["--extra-index-url=https://t:k@h/s", "numpy"], "n": 1})
+    assert masked == {"pip": ["--extra-index-url=https://***@h/s", "numpy"], "n": 1}
+
+
+# -- locks ---------------------------------------------------------------------------------------
+
+_HOLDER = textwrap.dedent("""
+    import importlib, os, sys, time
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
+    with wetlite._FileLock(sys.argv[3]):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+def test_a_lock_wait_times_out_naming_the_holder(tmp_path, monkeypatch):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    lock = os.path.join(str(tmp_path / "root"), "state", "locks", "env-k9.lock")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, REPO, HERE, lock], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        monkeypatch.setattr(wetlite, "_LOCK_TIMEOUT", 0.5, raising=False)
+        _, err = finishes(lambda: mgr.remove("k9"))
+        assert isinstance(err, wetlite.WetliteError), err
+        assert "process %d" % holder.pid in str(err) and "env-k9.lock" in str(err)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- a read-only root ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """make(path): make ``path`` read-only for this process (a ro bind mount as root, chmod otherwise)."""
+    mounts = []
+
+    def make(path):
+        path = str(path)
+        if not AS_ROOT:
+            for p in [path] + list(everything_under(path)):
+                if not os.path.islink(p):
+                    os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
+            return
+        for argv in (["mount", "--bind", path, path], ["mount", "-o", "remount,ro,bind", path]):
+            if subprocess.run(argv, stderr=subprocess.DEVNULL).returncode != 0:
+                if mounts:
+                    subprocess.run(["umount", path])
+                pytest.skip("cannot make a read-only bind mount here")
+            if not mounts:
+                mounts.append(path)
+    yield make
+    for path in mounts:
+        subprocess.run(["umount", path])
+    if not AS_ROOT:
+        for p in everything_under(tmp_path):
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+
+
+@pytest.mark.parametrize("runtime_copy", ["kept", "missing"])
+def test_existing_environments_work_on_a_read_only_root(tmp_path, read_only, runtime_copy):
+    root = tmp_path / "root"
+    mgr = wetlite.EnvironmentManager(root=str(root), tool="venv")
+    env = mgr.create("e", force_external=True)
+    env.execute("os", "getpid")
+    env.exit()
+    if runtime_copy == "missing":
+        wetlite._rmtree(str(root / "state" / "runtime"))
+    record = wetlite._read_json(str(root / "state" / "envs" / "e.json"))
+    record.pop("activation", None)                  # the cache must be written again, and cannot be
+    wetlite._write_json(str(root / "state" / "envs" / "e.json"), record)
+    read_only(root)
+    with pytest.raises(OSError):
+        open(str(root / "probe"), "w")
+    again = wetlite.EnvironmentManager(root=str(root), tool="venv")
+    env = again.create("e", force_external=True)         # same recipe: reused, lock or no lock
+    try:
+        assert env.execute("os", "getpid") != os.getpid()
+        assert again.get("e").path == env.path
+    finally:
+        again.exit()
+
+
+# -- leftovers of killed processes ---------------------------------------------------------------------
+
+_KILLED = textwrap.dedent("""
+    import importlib, os, signal, sys
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
+    mgr = wetlite.EnvironmentManager(root=sys.argv[3], tool="venv")
+    mgr.main_environment.run(["true"])
+    print(wetlite._scripts_dir(), flush=True)
+    if sys.argv[4] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_script_dirs_of_killed_processes_are_removed_on_the_next_run(tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp))
+    env.pop("WETLITE_DEBUG", None)
+    argv = [sys.executable, "-c", _KILLED, REPO, HERE, str(tmp_path / "root")]
+    killed = subprocess.run(argv + ["kill"], stdout=subprocess.PIPE, env=env)
+    assert killed.returncode == -signal.SIGKILL
+    left = killed.stdout.decode().strip()
+    assert os.path.isdir(left)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = os.path.join(str(temp), "wetlite-scripts-%d-busybusy" % alive.pid)    # its owner still runs
+        os.mkdir(busy, 0o700)
+        later = subprocess.run(argv + ["exit"], stdout=subprocess.PIPE, env=env)
+        assert later.returncode == 0
+        assert not os.path.exists(left)
+        assert os.path.isdir(busy)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(os.listdir(str(temp))) == [os.path.basename(busy)]

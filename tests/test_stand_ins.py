@@ -364,7 +364,8 @@ def test_rc_files(tools, channel, tmp_path):
     ignored = tmp_path / "rc-channel.txt"
     ignored.write_text(rc.read_text())
     proc = tools.mm("create", "-y", "--dry-run", "-p", prefix, "--rc-file", str(ignored), "-q", "wetlite-demo")
-    assert proc.returncode == 1 and "wetlite-demo =* * does not exist" in proc.stderr
+    # §3.1: with no channel configured, micromamba falls back to conda-forge, unreachable here
+    assert proc.returncode == 1 and "Subdir conda-forge/noarch not loaded!" in proc.stderr
     # B1: --rc-file takes several values, so a spec right after it is read as an rc file
     proc = tools.mm("create", "-y", "-p", prefix, "--rc-file", str(rc), "wetlite-demo", cwd=str(tmp_path))
     assert proc.returncode == 1
@@ -671,9 +672,222 @@ def test_pixi_install_locked_and_channel_add(tools, channel, tmp_path):
     with open(m, "a") as fh:
         fh.write('wetlite-demo = "*"\n')
     proc = tools.px("install", "--manifest-path", m, "--locked")
-    assert proc.returncode == 1 and proc.stderr.startswith("Error:   \u00d7 lock-file not up-to-date")
+    assert proc.returncode == 1 and proc.stderr.startswith("Error:   \u00d7 lock file not up-to-date")
     proc = tools.px("project", "channel", "add", "--manifest-path", m, "--prepend", "--no-install", "conda-forge")
     assert proc.returncode == 0, proc.stderr
     assert tomllib.loads(open(m).read())["workspace"]["channels"] == ["conda-forge", "file://" + channel]
     proc = tools.px("workspace", "channel", "add", "--manifest-path", m, "--no-install", "file:///elsewhere")
     assert tomllib.loads(open(m).read())["workspace"]["channels"][-1] == "file:///elsewhere"
+
+
+# --- where the real tools fail, the stand-ins fail too (pixi-0.73.0-source-notes.md) -----------
+
+def conda_package(channel_dir, name, version, files, depends=()):
+    """Write a noarch: generic package holding ``files`` ({path: text}) and index it."""
+    import io
+    import tarfile
+    subdir = os.path.join(channel_dir, "noarch")
+    os.makedirs(subdir, exist_ok=True)
+    fn = "%s-%s-0.tar.bz2" % (name, version)
+    index = {"name": name, "version": version, "build": "0", "build_number": 0, "depends": list(depends),
+             "noarch": "generic", "subdir": "noarch"}
+    with tarfile.open(os.path.join(subdir, fn), "w:bz2") as tar:
+        for path, text in dict(files, **{"info/index.json": json.dumps(index)}).items():
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    repodata_path = os.path.join(subdir, "repodata.json")
+    repodata = {"info": {"subdir": "noarch"}, "packages": {}}
+    if os.path.isfile(repodata_path):
+        with open(repodata_path) as fh:
+            repodata = json.load(fh)
+    repodata["packages"][fn] = dict(index, size=os.path.getsize(os.path.join(subdir, fn)))
+    with open(repodata_path, "w") as fh:
+        json.dump(repodata, fh)
+    return channel_dir
+
+
+def pixi_toml(ws, channels, dependencies, extra=""):
+    os.makedirs(ws, exist_ok=True)
+    manifest = os.path.join(ws, "pixi.toml")
+    with open(manifest, "w") as fh:
+        fh.write("[workspace]\nname = \"w\"\nchannels = %s\nplatforms = [\"%s\"]\n\n[dependencies]\n%s\n%s"
+                 % (json.dumps(channels), conda_subdir(), "".join('%s = "%s"\n' % kv for kv in dependencies.items()),
+                    extra))
+    return manifest
+
+
+def conda_subdir():
+    import platform
+    machine = platform.machine().lower()
+    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64"}.get(machine, machine)
+    return "%s-%s" % ({"darwin": "osx"}.get(sys.platform, "linux"), arch)
+
+
+def test_unreachable_channels_are_errors(tools, channel, tmp_path):
+    """Transcripts §3.1: micromamba retries, then exits 1; pixi's solve fails the same way."""
+    prefix = str(tmp_path / "mm")
+    proc = tools.mm("create", "-y", "-p", prefix, "-c", "file://" + channel, "-c", "conda-forge",
+                    "--override-channels", "wetlite-demo")
+    assert proc.returncode == 1
+    assert proc.stderr.count("warning  libmamba Retrying in 2 seconds\n") == 7
+    assert "Download error (6) Couldn't resolve host name " \
+           "[https://conda.anaconda.org/conda-forge/noarch/repodata.json.zst]" in proc.stderr
+    assert "Subdir conda-forge/noarch not loaded!" in proc.stderr
+    assert not os.path.exists(prefix)
+    # An env file's channels count too, even with --override-channels.
+    yml = tmp_path / "environment.yml"
+    yml.write_text("channels: [conda-forge]\ndependencies: [wetlite-demo]\n")
+    proc = tools.mm("create", "-y", "-p", prefix, "-c", "file://" + channel, "--override-channels", "-f", str(yml))
+    assert proc.returncode == 1 and "Subdir conda-forge/noarch not loaded!" in proc.stderr
+
+    manifest = pixi_toml(str(tmp_path / "px"), ["file://" + channel, "conda-forge"], {})
+    before = open(manifest).read()
+    proc = tools.px("add", "--manifest-path", manifest, "python=" + PY_XY)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error:   \u00d7 failed to solve requirements of environment 'default'")
+    assert "https://conda.anaconda.org/conda-forge/noarch/repodata_shards.msgpack.zst" in proc.stderr
+    assert open(manifest).read() == before
+
+
+def test_pixi_refuses_a_channel_the_manifest_does_not_list(tools, channel, tmp_path):
+    """Notes 4b: `chan::pkg` needs chan in the workspace channels; channel add appends unless --prepend."""
+    other = str(tmp_path / "other")
+    conda_package(other, "only-elsewhere", "1.0", {"share/only-elsewhere.txt": "x\n"})
+    manifest = pixi_toml(str(tmp_path / "ws"), ["file://" + channel], {"python": PY_XY + ".*"})
+    proc = tools.px("add", "--manifest-path", manifest, "file://%s::only-elsewhere" % other)
+    assert proc.returncode == 1
+    assert "Package 'only-elsewhere' requested unavailable channel 'file://%s'" % other in proc.stderr
+    proc = tools.px("workspace", "channel", "add", "--manifest-path", manifest, "--prepend", "file://" + other)
+    assert proc.returncode == 0, proc.stderr
+    assert tomllib.loads(open(manifest).read())["workspace"]["channels"] == ["file://" + other, "file://" + channel]
+    proc = tools.px("add", "--manifest-path", manifest, "file://%s::only-elsewhere" % other)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pixi_relative_channels_resolve_against_the_workspace(tools, channel, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(channel, str(ws / "chan"))
+    manifest = pixi_toml(str(ws), ["./chan"], {"python": PY_XY + ".*"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = tools.px("install", "--manifest-path", manifest, cwd=str(elsewhere))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pixi_flags_from_the_environment_and_frozen_add(tools, channel, tmp_path):
+    """Notes 4c: PIXI_FROZEN / PIXI_LOCKED / PIXI_NO_INSTALL; add --frozen only edits the manifest."""
+    for how in ({"env": {"PIXI_FROZEN": "1"}}, {"env": {"PIXI_LOCKED": "true"}}, {"flag": "--frozen"},
+                {"flag": "--locked"}):
+        ws = str(tmp_path / ("ws%d" % len(os.listdir(str(tmp_path)))))
+        manifest = pixi_toml(ws, ["file://" + channel], {})
+        args = ["add", "--manifest-path", manifest] + ([how["flag"]] if "flag" in how else []) + ["no-such-package"]
+        proc = tools.px(*args, env=how.get("env", {}))
+        assert proc.returncode == 0, (how, proc.stderr)          # no solve: nothing checks the package
+        assert "no-such-package" in open(manifest).read()
+        assert not os.path.exists(os.path.join(ws, "pixi.lock")) and not os.path.exists(os.path.join(ws, ".pixi"))
+    ws = str(tmp_path / "noinstall")
+    manifest = pixi_toml(ws, ["file://" + channel], {})
+    proc = tools.px("add", "--manifest-path", manifest, "python=" + PY_XY, env={"PIXI_NO_INSTALL": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.exists(os.path.join(ws, "pixi.lock")) and not os.path.exists(os.path.join(ws, ".pixi", "envs"))
+    proc = tools.px("add", "--manifest-path", manifest, "wetlite-extra", env={"PIXI_NO_INSTALL": "false"})
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.isfile(os.path.join(ws, ".pixi", "envs", "default", "bin", "wetlite-extra"))
+    # --frozen and --locked together are accepted (--locked wins).
+    proc = tools.px("install", "--manifest-path", manifest, "--frozen", "--locked")
+    assert proc.returncode == 0, proc.stderr
+    # Frozen with no lock at all fails with pixi's own words.
+    bare = pixi_toml(str(tmp_path / "bare"), ["file://" + channel], {"python": PY_XY + ".*"})
+    proc = tools.px("shell-hook", "--manifest-path", bare, "--json", "--frozen")
+    assert proc.returncode == 1
+    assert "the lock file is not up-to-date with requested environment: 'default'" in proc.stderr
+
+
+def test_pixi_config_files(tools, channel, tmp_path):
+    """Config files are read (user, PIXI_HOME, workspace last); --no-config and --config-file exist."""
+    home = tmp_path / "pixihome"
+    home.mkdir()
+    (home / "config.toml").write_text('detached-environments = true\npinning-strategy = "exact-version"\n'
+                                      'default-channels = ["file://%s"]\n' % channel)
+    env = {"PIXI_HOME": str(home), "PIXI_CACHE_DIR": str(tmp_path / "cache")}
+    ws = str(tmp_path / "ws")
+    assert tools.px("init", ws, env=env).returncode == 0
+    manifest = os.path.join(ws, "pixi.toml")
+    assert tomllib.loads(open(manifest).read())["workspace"]["channels"] == ["file://" + channel]
+    proc = tools.px("add", "--manifest-path", manifest, "python=" + PY_XY, "wetlite-demo", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert tomllib.loads(open(manifest).read())["dependencies"]["wetlite-demo"] == "==0.2.0"
+    envs = os.path.join(ws, ".pixi", "envs")
+    assert os.path.islink(envs) and os.path.realpath(envs).startswith(str(tmp_path / "cache"))
+    # The workspace's own config wins; --no-config ignores every file.
+    ws2 = str(tmp_path / "ws2")
+    manifest2 = pixi_toml(ws2, ["file://" + channel], {"python": PY_XY + ".*"})
+    os.makedirs(os.path.join(ws2, ".pixi"))
+    with open(os.path.join(ws2, ".pixi", "config.toml"), "w") as fh:
+        fh.write("detached-environments = false\n")
+    assert tools.px("install", "--manifest-path", manifest2, env=env).returncode == 0
+    assert os.path.isdir(os.path.join(ws2, ".pixi", "envs", "default")) and not os.path.islink(
+        os.path.join(ws2, ".pixi", "envs"))
+    ws3 = str(tmp_path / "ws3")
+    manifest3 = pixi_toml(ws3, ["file://" + channel], {"python": PY_XY + ".*"})
+    assert tools.px("install", "--manifest-path", manifest3, "--no-config", env=env).returncode == 0
+    assert not os.path.islink(os.path.join(ws3, ".pixi", "envs"))
+    proc = tools.px("install", "--manifest-path", manifest3, "--config-file", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 1 and "failed to load config" in proc.stderr
+    proc = tools.px("init", "--no-config", str(tmp_path / "ws4"))
+    assert proc.returncode == 2 and "unexpected argument '--no-config'" in proc.stderr
+
+
+def test_pixi_updates_incrementally_and_keeps_what_pip_installed(tools, channel, wheel, tmp_path):
+    """Notes table: distributions another installer put there survive; the lock lists only pixi's."""
+    ws = str(tmp_path / "ws")
+    manifest = pixi_toml(ws, ["file://" + channel], {"python": PY_XY + ".*", "pip": "*"})
+    assert tools.px("install", "--manifest-path", manifest).returncode == 0
+    prefix = os.path.join(ws, ".pixi", "envs", "default")
+    python = os.path.join(prefix, "bin", "python")
+    proc = tools.run(python, "-m", "pip", "install", "--no-deps", "--no-index", wheel)
+    assert proc.returncode == 0, proc.stderr
+    stat_before = os.stat(python)
+    proc = tools.px("add", "--manifest-path", manifest, "wetlite-extra")
+    assert proc.returncode == 0, proc.stderr
+    assert os.stat(python).st_ino == stat_before.st_ino                   # python was not relinked
+    assert tools.run(python, "-c", "import tinypkg").returncode == 0       # pip's distribution is kept
+    rows = json.loads(tools.px("list", "--manifest-path", manifest, "--json").stdout)
+    assert "tinypkg" not in [r["name"] for r in rows]                     # pixi list shows the lock
+    assert "wetlite-extra" in [r["name"] for r in rows]
+
+
+def test_pixi_activation_scripts_are_the_manifests_only(tools, channel, tmp_path):
+    """Notes 8: package activate.d scripts are folded into the variables."""
+    extra = str(tmp_path / "extra")
+    conda_package(extra, "with-activation", "1.0",
+                  {"etc/conda/activate.d/with-activation.sh": "export WITH_ACTIVATION=from-package\n"})
+    ws = str(tmp_path / "ws")
+    manifest = pixi_toml(ws, ["file://" + channel, "file://" + extra],
+                         {"python": PY_XY + ".*", "with-activation": "*"},
+                         '[activation]\nscripts = ["setup.sh"]\n')
+    with open(os.path.join(ws, "setup.sh"), "w") as fh:
+        fh.write("export FROM_MANIFEST=1\n")
+    proc = tools.px("shell-hook", "--manifest-path", manifest, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["environment_variables"]["WITH_ACTIVATION"] == "from-package"
+    assert data["activation_scripts"] == [os.path.join(ws, "setup.sh")]
+    assert "FROM_MANIFEST" not in data["environment_variables"]
+
+
+def test_pixi_option_values_as_clap_checks_them(tools, channel, tmp_path):
+    manifest = pixi_toml(str(tmp_path / "ws"), ["file://" + channel], {"python": PY_XY + ".*"})
+    proc = tools.px("shell-hook", "--manifest-path", manifest, "-s", "bash", "--change-ps1", "yes")
+    assert proc.returncode == 2 and "[possible values: true, false]" in proc.stderr
+    proc = tools.px("shell-hook", "--manifest-path", manifest, "-s", "dash", "--change-ps1", "false")
+    assert proc.returncode == 0 and "export CONDA_PREFIX=" in proc.stdout
+    proc = tools.px("--color", "sometimes", "list", "--manifest-path", manifest)
+    assert proc.returncode == 2
+    proc = tools.px("add", "--offline", "x")
+    assert proc.returncode == 2 and "unexpected argument '--offline'" in proc.stderr
+    proc = tools.px("list", "--manifest-path", manifest, "nothing-matches-this")
+    assert proc.returncode == 1

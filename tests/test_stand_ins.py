@@ -835,6 +835,10 @@ def test_pixi_config_files(tools, channel, tmp_path):
     manifest3 = pixi_toml(ws3, ["file://" + channel], {"python": PY_XY + ".*"})
     assert tools.px("install", "--manifest-path", manifest3, "--no-config", env=env).returncode == 0
     assert not os.path.islink(os.path.join(ws3, ".pixi", "envs"))
+    with open(os.path.join(ws3, ".pixi", "config.toml"), "w") as fh:      # ... but not the workspace's file
+        fh.write('pinning-strategy = "no-pin"\n')
+    assert tools.px("add", "--manifest-path", manifest3, "--no-config", "wetlite-extra", env=env).returncode == 0
+    assert tomllib.loads(open(manifest3).read())["dependencies"]["wetlite-extra"] == "*"
     proc = tools.px("install", "--manifest-path", manifest3, "--config-file", str(tmp_path / "missing.toml"))
     assert proc.returncode == 1 and "failed to load config" in proc.stderr
     proc = tools.px("init", "--no-config", str(tmp_path / "ws4"))

@@ -190,11 +190,15 @@ _VERSION_TIMEOUT = 60.0       # a `--version` smoke test that takes longer is br
 
 # The host's Python configuration must not leak into another interpreter.
 _SCRUBBED_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__", "VIRTUAL_ENV")
-# Nor may an activated conda or pixi shell of the host steer the tools.
+# Nor may an activated conda or pixi shell of the host, or the user's pixi
+# flags, steer the tools (PIXI_FROZEN, PIXI_LOCKED and PIXI_NO_INSTALL make
+# `pixi add` edit the manifest and build nothing).
 _TOOL_SCRUBBED_VARS = (
     "CONDARC", "MAMBARC", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "CONDA_SHLVL",
     "CONDA_PROMPT_MODIFIER", "PIXI_IN_SHELL", "PIXI_PROJECT_MANIFEST",
     "PIXI_PROJECT_ROOT", "PIXI_PROJECT_NAME", "PIXI_ENVIRONMENT_NAME",
+    "PIXI_FROZEN", "PIXI_LOCKED", "PIXI_NO_INSTALL", "PIXI_NO_SYMBOLIC_LINKS",
+    "PIXI_NO_HARD_LINKS", "PIXI_NO_REF_LINKS",
 )
 
 _OUTPUT_TAIL_LINES = 40
@@ -1645,11 +1649,12 @@ def _normalize_dependencies(deps, tool, where="dependencies"):
         python = _check_python_spec(python)
     conda = [_normalize_entry(e, "conda") for e in _as_list(deps.get("conda"), "'conda'")]
     pip = [_normalize_entry(e, "pip") for e in _as_list(deps.get("pip"), "'pip'")]
+    python, conda = _python_from_conda(python, conda, where)
     channels = []
     for channel in _as_list(deps.get("channels"), "'channels'"):
         if not isinstance(channel, str) or not channel.strip() or any(c.isspace() or ord(c) < 32 for c in channel.strip()):
             raise SpecError("invalid channel %r: give a channel name or URL without spaces" % (channel,))
-        channels.append(channel.strip())
+        channels.append(_absolute_channel(channel.strip()))
     if tool == "venv":
         if conda:
             raise SpecError("the venv tool installs pip packages only, but conda package %r was requested; "
@@ -1668,6 +1673,24 @@ def _normalize_dependencies(deps, tool, where="dependencies"):
                                 "([pypi-options]) and use config=, or use tool='micromamba' or 'venv'"
                                 % entry["name"])
     return {"python": python, "conda": conda, "pip": pip, "channels": channels}
+
+
+def _python_from_conda(python, conda, where):
+    """A ``python`` entry of the conda list becomes the python spec: the tools
+    key specs by name, so two pythons would conflict or silently replace each other."""
+    pythons = [e for e in conda if _split_conda_spec(e["name"])[1].lower() == "python"]
+    if not pythons:
+        return python, conda
+    if python is not None or len(pythons) > 1:
+        raise SpecError("python is given twice in %s (%s); give it once, with the 'python' key"
+                        % (where, ", ".join(["'python': %r" % python] * (python is not None)
+                                            + [repr(e["name"]) for e in pythons])))
+    entry = pythons[0]
+    channel, _name, constraint = _split_conda_spec(entry["name"])
+    if channel or entry["platforms"] or not entry["dependencies"]:
+        raise SpecError("conda entry %r: give python with the 'python' key (a version or specifier), without "
+                        "a channel, platforms or 'dependencies'" % (entry["name"],))
+    return (_check_python_spec(constraint) if constraint else None), [e for e in conda if e is not entry]
 
 
 def _check_python_spec(python):
@@ -1747,6 +1770,9 @@ def _normalize_entry(entry, kind):
         platforms = sorted(set(_normalize_platform(p, name) for p in _as_list(platforms, "'platforms' of %r" % name)))
     if kind == "conda":
         _check_conda_spec(name)
+        channel = _channel_of(name)
+        if channel and _absolute_channel(channel) != channel:
+            name = _absolute_channel(channel) + name[len(channel):]
     else:
         _check_pip_entry(name)
         if name.startswith("-") and data.get("dependencies") is False:
@@ -1819,20 +1845,102 @@ def _pip_args(entries):
 
 
 def _strip_markers(requirements, python_version):
-    """Evaluate markers for a target python and drop them (pixi cannot take them)."""
+    """Evaluate markers for the target python and drop them.
+
+    pixi 0.73 takes markers, but evaluates them for every platform of the
+    workspace; wetlite decides for the one it builds, as it does for conda
+    entries' "platforms".  Two requirements for one name are merged: pixi keys
+    them by name, so the second would replace the first.
+    """
     environment = _marker_environment(python_version)
-    kept = []
+    merged = {}
     for text in requirements:
         req = _parse_requirement(text)
         if req["marker"] and not _evaluate_marker(req["marker"], environment):
             continue
-        base = req["name"] + ("[%s]" % ",".join(req["extras"]) if req["extras"] else "")
-        kept.append("%s @ %s" % (base, req["url"]) if req["url"] else base + req["specifier"])
+        key = _canonical_name(req["name"])
+        if key not in merged:
+            merged[key] = dict(req, extras=set(req["extras"]), specifier=[req["specifier"]] * bool(req["specifier"]))
+            continue
+        have = merged[key]
+        if have["url"] != req["url"]:
+            raise SpecError("pip requirements for %r disagree (%s): give one" % (req["name"], "; ".join(
+                r for r in requirements if _canonical_name(_parse_requirement(r)["name"]) == key)))
+        have["extras"].update(req["extras"])
+        if req["specifier"] and req["specifier"] not in have["specifier"]:
+            have["specifier"].append(req["specifier"])
+    kept = []
+    for req in merged.values():
+        base = req["name"] + ("[%s]" % ",".join(sorted(req["extras"])) if req["extras"] else "")
+        kept.append("%s @ %s" % (base, req["url"]) if req["url"] else base + ",".join(req["specifier"]))
     return kept
 
 
+def _split_conda_spec(spec):
+    """(channel or None, name, constraint) of a conda match spec such as 'chan::numpy >=1.2'."""
+    import re
+    channel = None
+    if "::" in spec:
+        channel, spec = spec.rsplit("::", 1)
+    m = re.match(r"^\s*([A-Za-z0-9_][A-Za-z0-9_.+-]*)\s*(.*?)\s*$", spec)
+    return (channel, m.group(1), m.group(2)) if m else (channel, spec.strip(), "")
+
+
+def _merge_conda_specs(specs):
+    """One spec per package name: pixi keys specs by name, so a later ``pip``
+    would replace an earlier ``pip>=23``.  Version constraints are joined (a
+    conda ``=1.2`` is ``1.2.*``); differing channels or builds are a SpecError."""
+    import re
+    order, groups = [], {}
+    for spec in specs:
+        key = _split_conda_spec(spec)[1].lower()
+        if key not in groups:
+            order.append(key)
+        groups.setdefault(key, []).append(spec)
+    merged = []
+    for key in order:
+        group = list(dict.fromkeys(groups[key]))
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        parts = [_split_conda_spec(s) for s in group]
+        channels = set(p[0] for p in parts if p[0])
+        constraints = []
+        for _channel, _name, constraint in parts:
+            body = constraint[2:] if constraint.startswith("==") else constraint.lstrip("=")
+            if "[" in constraint or re.search(r"(?<![<>=!~])=(?!=)", body) or re.search(r"\s[A-Za-z_]", constraint):
+                raise SpecError("conda specs %s name builds, and wetlite cannot merge them for pixi; give %r "
+                                "once" % (", ".join(repr(s) for s in group), parts[0][1]))
+            constraint = constraint.replace(" ", "")
+            if constraint.startswith("=") and not constraint.startswith("=="):
+                constraint = constraint[1:].rstrip("*").rstrip(".") + ".*"
+            if constraint and constraint not in constraints:
+                constraints.append(constraint)
+        if len(channels) > 1:
+            raise SpecError("conda specs %s ask for different channels; give %r once"
+                            % (", ".join(repr(s) for s in group), parts[0][1]))
+        name = (channels.pop() + "::" if channels else "") + parts[0][1]
+        joined = ",".join(constraints)
+        merged.append(name + (" " + joined if joined[:1].isdigit() else joined))
+    return merged
+
+
 def _channel_of(conda_spec):
-    return conda_spec.split("::", 1)[0] if "::" in conda_spec else None
+    return _split_conda_spec(conda_spec)[0]
+
+
+def _absolute_channel(channel, base=None):
+    """A local channel written as a relative path (./chan, ../chan) made absolute.
+
+    The tools would resolve it against a directory of their own (pixi: the
+    workspace root), so wetlite resolves it against ``base`` (default: the cwd)
+    first.  Names (conda-forge, nvidia/label/x) and URLs are left alone.
+    """
+    if channel in (".", "..") or channel.startswith(("./", "../", ".\\", "..\\")):
+        return os.path.normpath(os.path.join(base or os.getcwd(), channel))
+    if channel.startswith("~"):
+        return os.path.expanduser(channel)
+    return channel
 
 
 def _merge_channels(*groups):
@@ -1864,7 +1972,6 @@ def _config_kind(path):
 def _read_config(path, tool):
     """Read a config file into {kind, path, files, sha256, python, conda, pip, channels}."""
     import hashlib
-    import re
     if not isinstance(path, (str, os.PathLike)):
         raise SpecError("config must be a path, not %s %r" % (type(path).__name__, path))
     path = os.path.abspath(os.fspath(path))
@@ -1879,10 +1986,11 @@ def _read_config(path, tool):
         result["pip"], result["files"] = _read_requirements(path)
     elif kind == "environment":
         data = _read_environment_yml(path)
-        result["channels"] = data["channels"]
+        # A relative local channel means the one beside the file.
+        result["channels"] = [_absolute_channel(c, os.path.dirname(path)) for c in data["channels"]]
         for spec in data["dependencies"]:
-            m = re.match(r"^(?:[^:]+::)?([A-Za-z0-9_][A-Za-z0-9_.+-]*)\s*(.*)$", spec)
-            name, constraint = (m.group(1).lower(), m.group(2).strip()) if m else ("", "")
+            _channel, name, constraint = _split_conda_spec(spec)
+            name = name.lower()
             if name == "python" and result["python"] is None:
                 result["python"] = _check_python_spec(constraint) if constraint else None
             elif name != "pip":         # pip itself: every environment with python gets it
@@ -2017,8 +2125,10 @@ def _read_environment_yml(path):
                     data[key].extend(items)
                 elif value:
                     fail(number, "%r must be a list" % key)
-            elif key not in ("prefix", "variables"):
-                _log().warning("%s line %d: ignoring key %r", path, number, key)
+            elif key != "prefix":
+                _log().warning("%s line %d: ignoring key %r%s", path, number, key,
+                               " (set variables with env.run(..., env=...) or in a pixi manifest's "
+                               "[activation.env])" if key == "variables" else "")
             continue
         if section not in ("channels", "dependencies"):
             continue        # content of an ignored key
@@ -2046,6 +2156,312 @@ def _read_environment_yml(path):
     for spec in data["dependencies"]:
         _check_conda_spec(spec)
     return data
+
+
+# --- TOML (pixi.toml, pyproject.toml) ---------------------------------------
+# tomllib is the stdlib's from 3.11 on; the host API supports 3.8, so older
+# hosts use the small reader below, which the tests check against tomllib.
+# The reader also says where each string value is in the text, so that a
+# copied manifest can have its relative paths made absolute without
+# rewriting (and losing the comments of) the rest of the file.
+
+
+def _toml_loads(text, where):
+    """Parse TOML text (``where`` names it in errors) into plain dicts and lists."""
+    try:
+        import tomllib
+    except ImportError:         # Python < 3.11
+        return _TomlReader(text, where).parse()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError("%s is not valid TOML: %s" % (where, exc))
+
+
+_TOML_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+
+class _TomlReader(object):
+    """A TOML 1.0 reader.  ``strings`` maps the key path of every string value
+    (a tuple of keys and array indexes) to ``(start, end, value)`` in the text.
+    Dates and times are kept as their text."""
+
+    def __init__(self, text, where):
+        self.text = text
+        self.where = where
+        self.pos = 0
+        self.strings = {}
+        self._explicit = set()
+
+    def fail(self, why):
+        line = self.text.count("\n", 0, self.pos) + 1
+        raise SpecError("%s is not valid TOML: %s (line %d)" % (self.where, why, line))
+
+    def parse(self):
+        root = {}
+        table, path = root, ()
+        while True:
+            self.skip(newlines=True)
+            if self.pos >= len(self.text):
+                return root
+            if self.text[self.pos] == "[":
+                array = self.text.startswith("[[", self.pos)
+                self.pos += 2 if array else 1
+                self.skip()
+                keys = self.key()
+                self.skip()
+                close = "]]" if array else "]"
+                if not self.text.startswith(close, self.pos):
+                    self.fail("expected %r after the table name" % close)
+                self.pos += len(close)
+                self.end_of_line()
+                table, path = self.open_table(root, keys, array)
+            else:
+                keys = self.key()
+                self.skip()
+                if not self.text.startswith("=", self.pos):
+                    self.fail("expected '=' after the key %r" % ".".join(keys))
+                self.pos += 1
+                self.skip()
+                self.assign(table, keys, path)
+                self.end_of_line()
+
+    def open_table(self, root, keys, array):
+        table, path = root, ()
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            value = table.get(key)
+            if last and array:
+                if value is None:
+                    value = table[key] = []
+                if not isinstance(value, list) or (value and not isinstance(value[0], dict)):
+                    self.fail("%r is not an array of tables" % ".".join(keys))
+                value.append({})
+                return value[-1], path + (key, len(value) - 1)
+            if value is None:
+                value = table[key] = {}
+            elif isinstance(value, list) and value and isinstance(value[-1], dict) and not last:
+                path += (key, len(value) - 1)
+                table = value[-1]
+                continue
+            elif not isinstance(value, dict) or (last and path + (key,) in self._explicit):
+                self.fail("the table %r is defined twice" % ".".join(keys))
+            table, path = value, path + (key,)
+        self._explicit.add(path)
+        return table, path
+
+    def assign(self, table, keys, path):
+        for key in keys[:-1]:
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                self.fail("the key %r is already a value" % key)
+            path += (key,)
+        if keys[-1] in table:
+            self.fail("the key %r is defined twice" % ".".join(keys))
+        table[keys[-1]] = self.value(path + (keys[-1],))
+
+    def skip(self, newlines=False):
+        """Skip spaces and tabs (and comments and newlines if ``newlines``)."""
+        text = self.text
+        while self.pos < len(text):
+            ch = text[self.pos]
+            if ch in " \t" or (newlines and ch in "\r\n"):
+                self.pos += 1
+            elif newlines and ch == "#":
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            else:
+                return
+
+    def end_of_line(self):
+        self.skip()
+        if self.text.startswith("#", self.pos):
+            end = self.text.find("\n", self.pos)
+            self.pos = len(self.text) if end < 0 else end
+        if self.pos < len(self.text) and not self.text.startswith(("\n", "\r\n"), self.pos):
+            self.fail("expected the end of the line")
+
+    def key(self):
+        keys = []
+        while True:
+            self.skip()
+            ch = self.text[self.pos:self.pos + 1]
+            if ch in ('"', "'"):
+                keys.append(self.string(None))
+            else:
+                import re
+                found = re.compile(r"[A-Za-z0-9_-]+").match(self.text, self.pos)
+                if not found:
+                    self.fail("expected a key")
+                keys.append(found.group())
+                self.pos = found.end()
+            self.skip()
+            if not self.text.startswith(".", self.pos):
+                return keys
+            self.pos += 1
+
+    def value(self, path):
+        import re
+        text, pos = self.text, self.pos
+        ch = text[pos:pos + 1]
+        if ch in ('"', "'"):
+            return self.string(path)
+        if ch == "[":
+            self.pos += 1
+            items = []
+            while True:
+                self.skip(newlines=True)
+                if text.startswith("]", self.pos):
+                    self.pos += 1
+                    return items
+                items.append(self.value(path + (len(items),)))
+                self.skip(newlines=True)
+                if text.startswith(",", self.pos):
+                    self.pos += 1
+                elif not text.startswith("]", self.pos):
+                    self.fail("expected ',' or ']' in an array")
+        if ch == "{":
+            self.pos += 1
+            table = {}
+            self.skip()
+            if text.startswith("}", self.pos):
+                self.pos += 1
+                return table
+            while True:
+                keys = self.key()
+                if not text.startswith("=", self.pos):
+                    self.fail("expected '=' in an inline table")
+                self.pos += 1
+                self.skip()
+                self.assign(table, keys, path)
+                self.skip()
+                if text.startswith("}", self.pos):
+                    self.pos += 1
+                    return table
+                if not text.startswith(",", self.pos):
+                    self.fail("expected ',' or '}' in an inline table")
+                self.pos += 1
+        for word, result in (("true", True), ("false", False)):
+            if text.startswith(word, pos) and not re.match(r"[\w-]", text[pos + len(word):pos + len(word) + 1]):
+                self.pos += len(word)
+                return result
+        found = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?)?"
+                           r"|\d{2}:\d{2}:\d{2}(?:\.\d+)?").match(text, pos)
+        if found:
+            self.pos = found.end()
+            return found.group()
+        found = re.compile(r"[+-]?(?:0x[0-9A-Fa-f](?:_?[0-9A-Fa-f])*|0o[0-7](?:_?[0-7])*|0b[01](?:_?[01])*"
+                           r"|inf|nan|(?:0|[1-9](?:_?\d)*)(?:\.\d(?:_?\d)*)?(?:[eE][+-]?\d(?:_?\d)*)?)").match(text, pos)
+        if not found or re.match(r"[\w.]", text[found.end():found.end() + 1]):
+            self.fail("expected a value")
+        self.pos = found.end()
+        number = found.group().replace("_", "")
+        sign = -1 if number.startswith("-") else 1
+        digits = number.lstrip("+-")
+        if digits[:2] in ("0x", "0o", "0b"):
+            return sign * int(digits[2:], {"0x": 16, "0o": 8, "0b": 2}[digits[:2]])
+        if digits in ("inf", "nan") or "." in digits or "e" in digits.lower():
+            return float(number)
+        return int(number)
+
+    def string(self, path):
+        """A string at pos; ``path`` (when not None) records where it is."""
+        text, start = self.text, self.pos
+        quote = text[start]
+        multi = text.startswith(quote * 3, start)
+        self.pos += 3 if multi else 1
+        if multi and text.startswith("\n", self.pos):
+            self.pos += 1
+        elif multi and text.startswith("\r\n", self.pos):
+            self.pos += 2
+        out = []
+        while True:
+            if self.pos >= len(text):
+                self.fail("unterminated string")
+            ch = text[self.pos]
+            if ch == quote and (not multi or text.startswith(quote * 3, self.pos)):
+                if multi:   # up to two more quotes end the content: """a""""" is 'a""'
+                    count = 3
+                    while text.startswith(quote, self.pos + count):
+                        count += 1
+                    if count > 5:
+                        self.fail("too many quotes at the end of a string")
+                    out.append(quote * (count - 3))
+                    self.pos += count
+                else:
+                    self.pos += 1
+                break
+            if ch in "\r\n" and not multi:
+                self.fail("a newline in a single-line string")
+            if ch == "\\" and quote == '"':
+                out.append(self.escape(multi))
+                continue
+            if ord(ch) < 32 and ch not in "\t\r\n" or ch == "\x7f":
+                self.fail("a control character in a string")
+            out.append(ch)
+            self.pos += 1
+        value = "".join(out)
+        if path is not None:
+            self.strings[path] = (start, self.pos, value)
+        return value
+
+    def escape(self, multi):
+        text = self.text
+        code = text[self.pos + 1:self.pos + 2]
+        if multi and code in (" ", "\t", "\r", "\n"):
+            rest = text[self.pos + 1:]
+            stripped = rest.lstrip(" \t")
+            if not stripped.startswith(("\n", "\r\n")):
+                self.fail("a line-ending backslash must end its line")
+            self.pos = len(text) - len(stripped.lstrip(" \t\r\n"))
+            return ""
+        if code in _TOML_ESCAPES:
+            self.pos += 2
+            return _TOML_ESCAPES[code]
+        if code in ("u", "U"):
+            size = 4 if code == "u" else 8
+            digits = text[self.pos + 2:self.pos + 2 + size]
+            try:
+                char = chr(int(digits, 16)) if len(digits) == size else None
+            except ValueError:
+                char = None
+            if char is None or 0xD800 <= ord(char) <= 0xDFFF:
+                self.fail("bad unicode escape \\%s%s" % (code, digits))
+            self.pos += 2 + size
+            return char
+        self.fail("unknown escape \\%s" % code)
+
+
+def _absolute_manifest_paths(text, kind, directory):
+    """``text`` of a pixi manifest with its relative paths made absolute against ``directory``.
+
+    pixi resolves them against the workspace root: local channels (``./chan``),
+    ``path =`` dependencies (including the ``{ path = ".", editable = true }`` that
+    ``pixi init --format pyproject`` writes), find-links paths and activation
+    scripts.  Only those string values change; the rest stays as written.
+    """
+    import json
+    reader = _TomlReader(text, "the manifest in %s" % directory)
+    reader.parse()
+    base = ("tool", "pixi") if kind == "pyproject" else ()
+    edits = []
+    for keypath, (start, end, value) in reader.strings.items():
+        if keypath[:len(base)] != base or not value:
+            continue
+        rel = keypath[len(base):]
+        names = [k for k in rel if isinstance(k, str)]
+        if names[-1:] == ["path"] or names[-2:] == ["activation", "scripts"]:
+            relative = not os.path.isabs(value) and not value.startswith("~")
+        elif names[-1:] == ["channels"] or names[-2:] == ["channels", "channel"]:
+            relative = value in (".", "..") or value.startswith(("./", "../", ".\\", "..\\"))
+        else:
+            continue
+        if relative:
+            absolute = os.path.normpath(os.path.join(directory, value))
+            edits.append((start, end, json.dumps(absolute, ensure_ascii=False)))
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
 
 
 # --- Is the host already enough? --------------------------------------------
@@ -3466,46 +3882,21 @@ class Environment(object):
         self.manager._install(self, dependencies, config, progress)
 
     def packages(self):
-        """Installed packages: a list of {"name", "version", "kind": "conda" or "pypi"}.
+        """Installed packages: a list of {"name", "version", "kind", "source"}.
 
-        Names of pypi packages are normalized (PEP 503), whichever tool lists them.
+        ``kind`` is "conda" or "pypi".  ``source`` says where a package came
+        from: a conda package's channel, or the installer of a pypi one ("pip",
+        "pixi", "uv", ...).  What is listed is what the prefix holds, read from
+        its files (conda-meta records and dist-info directories): also the pip
+        packages installed beside a tool, which its own listing may omit (pixi's
+        lists its lock file).  Names of pypi packages are normalized (PEP 503).
         """
-        rows = self._list_packages()
-        for row in rows:
-            if row["kind"] == "pypi":
-                row["name"] = _canonical_name(row["name"])
-        return rows
-
-    def _list_packages(self):
-        import json
-        if self.tool == "micromamba":
-            out = _run_capture([self.manager.install_tool(), "list", "-p", self.path, "--json"],
-                               env=self.manager._tool_environ(), what="micromamba list")
-            data = json.loads(out)
-            rows = data["packages"] if isinstance(data, dict) else data     # an object after 2.8.1
-            return [{"name": r["name"], "version": r["version"],
-                     "kind": "pypi" if r.get("channel") == "pypi" else "conda"} for r in rows]
-        if self.tool == "pixi":
-            out = _run_capture([self.manager.install_tool(), "list", "--manifest-path", self.manifest, "--json"],
-                               env=self.manager._tool_environ(), what="pixi list")
-            return [{"name": r["name"], "version": r.get("version"), "kind": r.get("kind", "conda")}
-                    for r in json.loads(out)]
         if self.tool == "main":
-            return sorted(({"name": dist.metadata["Name"], "version": version, "kind": "pypi"}
-                           for version, dist in _installed_distributions().values()), key=lambda r: r["name"].lower())
-        rows = []
-        if self.tool == "prefix":
-            import glob
-            for path in sorted(glob.glob(os.path.join(self.path, "conda-meta", "*.json"))):
-                data = _read_json(path) or {}
-                if data.get("name"):
-                    rows.append({"name": data["name"], "version": data.get("version"), "kind": "conda"})
-        out = _run_capture([self.python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
-                           env=_child_environ(scrub_tools=True), what="pip list")
-        conda_names = set(_canonical_name(r["name"]) for r in rows)
-        rows.extend({"name": r["name"], "version": r["version"], "kind": "pypi"} for r in json.loads(out)
-                    if _canonical_name(r["name"]) not in conda_names)
-        return rows
+            rows = [{"name": _canonical_name(dist.metadata["Name"]), "version": version, "kind": "pypi",
+                     "source": _installer(dist)} for version, dist in _installed_distributions().values()]
+        else:
+            rows = _prefix_packages(self.path)
+        return sorted(rows, key=lambda r: (r["name"].lower(), r["kind"]))
 
     # -- commands -----------------------------------------------------------
 
@@ -3759,6 +4150,46 @@ def _module_target(module):
     return module
 
 
+def _installer(dist):
+    """Who installed a distribution, from its INSTALLER file ("uv-pixi" is pixi)."""
+    text = (dist.read_text("INSTALLER") or "").strip() or "pypi"
+    return {"uv-pixi": "pixi"}.get(text, text)
+
+
+def _prefix_packages(prefix):
+    """What a prefix holds: its conda-meta records, then the dist-info
+    directories of its site-packages that no conda record owns."""
+    import glob
+    import importlib.metadata
+    rows, owned = [], set()
+    for path in sorted(glob.glob(os.path.join(prefix, "conda-meta", "*.json"))):
+        record = _read_json(path) or {}
+        if not record.get("name"):
+            continue
+        channel = str(record.get("channel") or "").rstrip("/")
+        if record.get("subdir") and channel.endswith("/" + record["subdir"]):
+            channel = channel[:-len(record["subdir"]) - 1]
+        rows.append({"name": record["name"], "version": record.get("version"), "kind": "conda",
+                     "source": channel or None})
+        for name in record.get("files") or ():
+            parts = name.replace("\\", "/").split("/")
+            for i, part in enumerate(parts):
+                if part.endswith((".dist-info", ".egg-info")):
+                    owned.add("/".join(parts[:i + 1]))
+    layouts = ("Lib/site-packages",) if _WINDOWS else ("lib/python*/site-packages",)
+    for site in sorted(set(glob.glob(os.path.join(prefix, *layouts[0].split("/"))))):
+        for entry in sorted(os.listdir(site)):
+            full = os.path.join(site, entry)
+            if not entry.endswith((".dist-info", ".egg-info")) or \
+                    os.path.relpath(full, prefix).replace(os.sep, "/") in owned:
+                continue
+            dist = importlib.metadata.Distribution.at(full)
+            if dist.metadata["Name"]:
+                rows.append({"name": _canonical_name(dist.metadata["Name"]), "version": dist.version,
+                             "kind": "pypi", "source": _installer(dist)})
+    return rows
+
+
 class _MainEnvironment(Environment):
     """The host interpreter itself: commands run without activation, and
     calls run in this process (kwargs honoured, same error semantics)."""
@@ -3933,8 +4364,15 @@ class EnvironmentManager(object):
                        what=what or "%s %s" % (os.path.basename(argv[0]), argv[1] if len(argv) > 1 else ""))
 
     def _tool_environ(self):
+        """The environment of a tool process: the user's, minus what would steer the build.
+
+        Network settings pass through (proxies, certificates, and mirrors in
+        the user's pixi config); RUST_LOG would flood pixi's output.
+        """
         extra = {"MAMBA_ROOT_PREFIX": self.root} if self.tool == "micromamba" else None
-        return _child_environ(extra, scrub_tools=True)
+        env = _child_environ(extra, scrub_tools=True)
+        env.pop("RUST_LOG", None)
+        return env
 
     # -- paths and records --------------------------------------------------
 
@@ -4097,9 +4535,15 @@ class EnvironmentManager(object):
     def _default_python(self):
         return "%d.%d" % sys.version_info[:2]
 
-    def _channels_for(self, spec, cfg, conda_specs=()):
+    def _channels_for(self, spec, cfg, conda_specs=(), defaults=True):
+        """Channels, highest priority first: the spec's, the config file's, those
+        that ``chan::pkg`` specs name, then the manager's -- unless one of the
+        first says "nodefaults" (as an environment.yml may)."""
         inferred = [c for c in (_channel_of(s) for s in conda_specs) if c]
-        return _merge_channels(spec["channels"], (cfg or {}).get("channels", []), inferred, self.channels)
+        own = _merge_channels(spec["channels"], (cfg or {}).get("channels", []), inferred)
+        if "nodefaults" in own or not defaults:
+            return [c for c in own if c != "nodefaults"]
+        return _merge_channels(own, self.channels)
 
     def _build_venv(self, env, recipe, progress):
         interpreter, version = _choose_interpreter(recipe["python"] or self._default_python())
@@ -4109,43 +4553,54 @@ class EnvironmentManager(object):
         self._pip_step(env, recipe["spec"]["pip"], recipe["config"], recipe["subdir"], progress)
 
     def _build_micromamba(self, env, recipe, progress):
-        spec, cfg = recipe["spec"], recipe["config"]
-        from_file = cfg is not None and cfg["kind"] == "environment"
-        # An environment.yml may name the python itself.
-        python = None if from_file and cfg["python"] and not spec["python"] else \
-            recipe["python"] or self._default_python()
-        self._micromamba_steps(env, spec, cfg, recipe["subdir"], python, progress, create=True)
+        python = recipe["python"] or self._default_python()
+        self._micromamba_steps(env, recipe["spec"], recipe["config"], recipe["subdir"], python, progress,
+                               create=True)
 
     def _micromamba_steps(self, env, spec, cfg, subdir, python, progress, create):
-        """micromamba create (or install), its --no-deps packages, then pip."""
+        """micromamba create (or install), its --no-deps packages, then pip.
+
+        An environment.yml is read by wetlite and given as specs, channels and
+        a pip step, not with -f: micromamba 2.x would take its "nodefaults" for
+        a channel name (mamba-org/mamba#3841) and put the file's channels after
+        the command line's.
+        """
         exe = self.install_tool(progress)
         with_deps, no_deps = _select_entries(spec["conda"], subdir, "conda")
-        from_file = cfg is not None and cfg["kind"] == "environment"
+        with_deps = with_deps + list((cfg or {}).get("conda", []))
         common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root), "--override-channels"]
         for channel in self._channels_for(spec, cfg, with_deps + no_deps):
             common += ["-c", channel]
         specs = ([_python_conda_spec(python)] if python else []) + with_deps
-        if create or specs or from_file:
+        if create or specs:
             verb = "create" if create else "install"
-            self._run_tool([exe, verb] + common + (["-f", cfg["path"]] if from_file else []) + specs, env.name,
-                           "solve", progress, what="micromamba " + verb)
+            self._run_tool([exe, verb] + common + specs, env.name, "solve", progress, what="micromamba " + verb)
         if no_deps:
             self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve", progress,
                            what="micromamba install --no-deps")
-        self._pip_step(env, spec["pip"], cfg if cfg is not None and cfg["kind"] == "requirements" else None,
-                       subdir, progress)
+        self._pip_step(env, spec["pip"], cfg, subdir, progress)
 
     def _build_pixi(self, env, recipe, progress):
-        import shutil
         exe = self.install_tool(progress)
         spec, cfg = recipe["spec"], recipe["config"]
         python = recipe["python"] or self._default_python()
         init = True
         if cfg is not None and cfg["kind"] in ("pixi", "pyproject"):
+            # The user's manifest and lock file are copied, with the manifest's
+            # relative paths made absolute: pixi resolves them against the
+            # workspace root, which the copy moves.
+            import shutil
             directory = os.path.dirname(env.manifest)
             os.mkdir(directory, 0o700)
             for path in cfg["files"]:
-                shutil.copy2(path, os.path.join(directory, os.path.basename(path)))
+                target = os.path.join(directory, os.path.basename(path))
+                if path == cfg["path"]:
+                    with open(path, "r", encoding="utf-8") as f:
+                        text = _absolute_manifest_paths(f.read(), cfg["kind"], os.path.dirname(path))
+                    _atomic_write(target, text)
+                else:
+                    shutil.copy2(path, target)
+            _write_pixi_workspace_config(directory)
             self._run_tool([exe, "install", "--manifest-path", env.manifest], env.name, "install", progress,
                            what="pixi install")
             if not (spec["python"] or spec["conda"] or spec["pip"] or spec["channels"]):
@@ -4158,17 +4613,23 @@ class EnvironmentManager(object):
         conda = list(with_deps) + list((cfg or {}).get("conda", []))
         pip_with, pip_without = _select_entries(spec["pip"], subdir, "pip")
         pip_with = pip_with + list((cfg or {}).get("pip", []))
-        if pip_without and "pip" not in conda:
+        if pip_without:
             conda.append("pip")         # pixi environments have no pip unless asked for
         if init:
             argv = [exe, "init", "--format", "pixi"]
             for channel in self._channels_for(spec, cfg, conda):
                 argv += ["-c", channel]
             self._run_tool(argv + [os.path.dirname(env.manifest)], env.name, "solve", progress, what="pixi init")
-        elif spec["channels"]:
-            self._run_tool([exe, "workspace", "channel", "add", "--manifest-path", env.manifest] + spec["channels"],
-                           env.name, "solve", progress, what="pixi workspace channel add")
-        specs = ([_python_conda_spec(python)] if python else []) + conda
+            _write_pixi_workspace_config(os.path.dirname(env.manifest))
+        else:
+            # `channel add` appends at the lowest priority unless --prepend, and
+            # pixi refuses a chan::pkg whose channel the manifest does not list.
+            listed = [c.rstrip("/") for c in _pixi_manifest_channels(env.manifest)]
+            new = [c for c in self._channels_for(spec, cfg, conda, defaults=False) if c.rstrip("/") not in listed]
+            if new:
+                self._run_tool([exe, "workspace", "channel", "add", "--manifest-path", env.manifest, "--prepend"]
+                               + new, env.name, "solve", progress, what="pixi workspace channel add")
+        specs = _merge_conda_specs(([_python_conda_spec(python)] if python else []) + conda)
         if specs:
             self._run_tool([exe, "add", "--manifest-path", env.manifest] + specs, env.name, "solve", progress,
                            what="pixi add")
@@ -4216,6 +4677,8 @@ class EnvironmentManager(object):
                 self._micromamba_steps(env, spec, cfg, subdir, spec["python"], progress, create=False)
             elif env.tool == "pixi":
                 exe = self.install_tool(progress)
+                if env.managed:
+                    _write_pixi_workspace_config(os.path.dirname(env.manifest))
                 self._pixi_add(env, exe, spec, cfg, subdir, spec["python"], progress)
             else:
                 if spec["python"]:
@@ -4252,6 +4715,12 @@ class EnvironmentManager(object):
             if tool == "prefix" and not os.path.isdir(prefix):
                 raise SpecError("pixi workspace %r has no installed environment and this manager uses %s; "
                                 "load it with EnvironmentManager(tool='pixi')" % (path, self.tool))
+            if tool == "pixi" and not os.path.isfile(os.path.join(os.path.dirname(manifest), "pixi.lock")):
+                # Activation runs `pixi shell-hook --frozen`, which needs the lock
+                # file; solve it (and install) now, as `pixi run` would.
+                _log().info("pixi workspace %s has no pixi.lock: running pixi install there", path)
+                self._run_tool([self.install_tool(), "install", "--manifest-path", manifest], name, "install",
+                               None, what="pixi install")
         elif os.path.isdir(os.path.join(path, "conda-meta")):
             prefix, tool = path, ("micromamba" if self.tool == "micromamba" else "prefix")
         elif os.path.isfile(os.path.join(path, "pyvenv.cfg")):
@@ -4315,6 +4784,30 @@ class EnvironmentManager(object):
 
     def __exit__(self, *exc):
         self.exit()
+
+
+_PIXI_WORKSPACE_CONFIG = """\
+# Written by wetlite.  pixi reads this file after the user's config files
+# (~/.pixi/config.toml and the like), so these settings win; the user's
+# mirrors, proxies and certificates still apply.
+detached-environments = false
+"""
+
+
+def _write_pixi_workspace_config(directory):
+    """Keep the environment inside the workspace, whatever the user's pixi config says."""
+    os.makedirs(os.path.join(directory, ".pixi"), exist_ok=True)
+    _atomic_write(os.path.join(directory, ".pixi", "config.toml"), _PIXI_WORKSPACE_CONFIG)
+
+
+def _pixi_manifest_channels(manifest):
+    """The channels a pixi.toml or pyproject.toml lists (names or URLs, as written)."""
+    with open(manifest, "r", encoding="utf-8") as f:
+        data = _toml_loads(f.read(), manifest)
+    if os.path.basename(manifest) == "pyproject.toml":
+        data = data.get("tool", {}).get("pixi", {})
+    table = data.get("workspace") or data.get("project") or {}
+    return [c if isinstance(c, str) else c.get("channel", "") for c in table.get("channels", [])]
 
 
 class _NullContext(object):

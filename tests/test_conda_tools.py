@@ -202,3 +202,23 @@ def test_tool_is_only_called_with_supported_syntax(tmp_path, isolated_home, loca
         assert "stand-in" not in env.run(["true"]).stdout
         log = open(os.path.join(mgr.root, "state", "logs", "cycle.log")).read()
         assert "unsupported" not in log
+
+
+def test_a_managers_default_channels_join_a_config_files_unless_left_out(tmp_path, isolated_home, local_channel):
+    """A default channel that cannot be reached (conda-forge, offline) fails the build, as with the real tool
+    (transcripts §3.1); channels=() or the file's own "nodefaults" leave the defaults out."""
+    project = tmp_path / "project"
+    project.mkdir()
+    yml = project / "environment.yml"
+    yml.write_text("channels:\n  - %s\ndependencies:\n  - wetlite-demo=0.1.0\n" % local_channel)
+    exe = install_stand_in(tmp_path / "tools", "micromamba")
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="micromamba", tool_path=exe)
+    with pytest.raises(wetlite.CommandError) as info:
+        mgr.create("defaults", config=str(yml), force_external=True)
+    assert "conda-forge" in info.value.output_tail
+    only_file = wetlite.EnvironmentManager(root=mgr.root, tool="micromamba", tool_path=exe, channels=())
+    assert hello(only_file.create("only-file", config=str(yml), force_external=True))[0] == \
+        "hello world from wetlite-demo 0.1.0"
+    yml.write_text("channels:\n  - %s\n  - nodefaults\ndependencies:\n  - wetlite-demo=0.1.0\n" % local_channel)
+    assert hello(mgr.create("nodefaults", config=str(yml), force_external=True))[0] == \
+        "hello world from wetlite-demo 0.1.0"

@@ -279,7 +279,7 @@ def test_host_does_not_satisfy(tmp_path, deps):
 def test_host_without_conda_never_satisfies_conda_deps(tmp_path):
     if os.path.isdir(os.path.join(sys.prefix, "conda-meta")):
         pytest.skip("the test interpreter is a conda prefix")
-    assert not satisfied(tmp_path, {"conda": ["python"]}, tool="micromamba")
+    assert not satisfied(tmp_path, {"conda": ["zlib"]}, tool="micromamba")
 
 
 def test_host_check_reads_requirements_files(tmp_path):

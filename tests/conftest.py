@@ -9,8 +9,9 @@ import hashlib
 import importlib
 import os
 import re
-import subprocess
+import shutil
 import sys
+import tempfile
 import zipfile
 
 import pytest
@@ -18,9 +19,17 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STAND_INS = os.path.join(HERE, "stand_ins")
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+# Nothing left behind: every temporary file of the session goes into one
+# directory -- pytest's tmp_path dirs, wetlite's private dirs, the stand-ins'
+# caches, what pip and the tools write -- through TMPDIR, which this process
+# and every child honour.  It is removed at the end of a run that passed (a
+# failed run keeps it for a look, and says where).  The name is short because
+# AF_UNIX socket paths under it are limited to about 100 characters.
+SESSION_TMP = tempfile.mkdtemp(prefix="wlt-")
+os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
 
 wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
 
@@ -35,6 +44,19 @@ def needs(available, reason):
     Without it the test skips on a developer's machine and fails in CI.
     """
     return pytest.mark.wetlite_needs(available=bool(available), reason=reason)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leftovers = sorted(name for name in os.listdir(SESSION_TMP)
+                       if name.startswith("wetlite") and not name.startswith("wetlite-standin"))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leftovers and reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line("wetlite left these in the temp dir: %s" % ", ".join(leftovers), yellow=True)
+    if exitstatus == 0:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
+    elif reporter is not None:
+        reporter.write_line("this run's temporary files are kept in %s" % SESSION_TMP)
 
 
 def pytest_runtest_setup(item):
@@ -112,22 +134,53 @@ def install_stand_in(directory, tool):
     return path
 
 
+# The conda-tool scenarios run against a real binary when WETLITE_TEST_<TOOL> names
+# one, and against the stand-in otherwise.
+REAL_TOOLS = {"micromamba": os.environ.get("WETLITE_TEST_MICROMAMBA") or None,
+              "pixi": os.environ.get("WETLITE_TEST_PIXI") or None}
+
+
+def stand_in(tool):
+    """True when the scenarios run ``tool``'s stand-in: guards assertions that hold only for it."""
+    return REAL_TOOLS[tool] is None
+
+
+def tool_marks(tool):
+    """Marks for a scenario of ``tool``: ``real_tool`` when it runs the real binary."""
+    return [pytest.mark.real_tool] if REAL_TOOLS[tool] else []
+
+
+def tool_binary(directory, tool):
+    """The binary the scenarios run: a copy of the real one (under its own name, which micromamba's
+    shell hook insists on), or the stand-in."""
+    if stand_in(tool):
+        return install_stand_in(directory, tool)
+    import shutil
+    os.makedirs(str(directory), exist_ok=True)
+    path = os.path.join(str(directory), tool + (".exe" if os.name == "nt" else ""))
+    shutil.copy2(REAL_TOOLS[tool], path)
+    return path
+
+
+def tripwire(directory, name):
+    """An executable that records each call in ``<directory>/calls`` and fails: (path, calls file)."""
+    os.makedirs(str(directory), exist_ok=True)
+    calls = os.path.join(str(directory), "calls")
+    path = os.path.join(str(directory), name)
+    with open(path, "w") as f:
+        f.write('#!/bin/sh\necho "$*" >> "%s"\nexit 1\n' % calls)
+    os.chmod(path, 0o755)
+    return path, calls
+
+
 @pytest.fixture(scope="session")
 def local_channel(tmp_path_factory):
-    """A local conda channel (WETLITE_TEST_CHANNEL, or built with make_local_channel.py)."""
+    """A local conda channel URL: WETLITE_TEST_CHANNEL, or one built from this interpreter (conda_channel.py)."""
     explicit = os.environ.get("WETLITE_TEST_CHANNEL")
     if explicit:
         return explicit
-    tool = os.path.join(SHARED, "tools", "make_local_channel.py")
-    if not os.path.isfile(tool):
-        pytest.skip("no WETLITE_TEST_CHANNEL and no %s" % tool)
-    out = tmp_path_factory.mktemp("channel")
-    layout = os.environ.get("WETLITE_TEST_CHANNEL_LAYOUT", "venv")
-    proc = subprocess.run([sys.executable, tool, str(out), "--layout", layout, "--force"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        pytest.skip("make_local_channel.py failed: %s" % proc.stdout.decode()[-500:])
-    return file_url(out)
+    from conda_channel import build_channel
+    return file_url(build_channel(str(tmp_path_factory.mktemp("channel"))))
 
 
 @pytest.fixture

@@ -1,8 +1,12 @@
-"""micromamba and pixi environments through wetlite, against the stand-ins and a local channel.
+"""micromamba and pixi environments through wetlite: one set of scenarios, stand-in or real.
 
-The stand-ins (tests/stand_ins/) accept the real tools' syntax for what
-wetlite calls and refuse anything else with exit 2, so these tests check that
-wetlite calls the tools the way the real ones expect.
+Each scenario runs against the real binary when WETLITE_TEST_MICROMAMBA /
+WETLITE_TEST_PIXI names one (marked ``real_tool`` then), and against the
+stand-in (tests/stand_ins/) otherwise.  The stand-ins accept the real tools'
+syntax for what wetlite calls and refuse anything else with exit 2, so these
+scenarios check that wetlite calls the tools the way the real ones expect.
+Assertions that hold only for a stand-in are guarded by ``stand_in(tool)``.
+The channel is WETLITE_TEST_CHANNEL, or the one tests/conda_channel.py builds.
 """
 import json
 import os
@@ -11,9 +15,12 @@ import textwrap
 
 import pytest
 
-from conftest import file_url, install_stand_in, make_wheel, wetlite
+from conftest import file_url, make_wheel, stand_in, tool_binary, tool_marks, tripwire, wetlite
 
 HOST_XY = "%d.%d" % sys.version_info[:2]
+MICROMAMBA = pytest.mark.parametrize("tool", [pytest.param("micromamba", marks=tool_marks("micromamba"))])
+PIXI = pytest.mark.parametrize("tool", [pytest.param("pixi", marks=tool_marks("pixi"))])
+BOTH = pytest.mark.parametrize("tool", [pytest.param(t, marks=tool_marks(t)) for t in ("micromamba", "pixi")])
 
 
 @pytest.fixture
@@ -34,7 +41,7 @@ def wheels(tmp_path_factory):
 
 
 def manager(tmp_path, tool, channel, **kwargs):
-    exe = install_stand_in(tmp_path / "tools", tool)
+    exe = tool_binary(tmp_path / "tools", tool)
     return wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool=tool, tool_path=exe, channels=[channel],
                                       **kwargs)
 
@@ -46,9 +53,10 @@ def hello(env, module="wetlite_demo"):
 
 # --- micromamba ------------------------------------------------------------------
 
-def test_micromamba_create_install_list_run_remove(tmp_path, isolated_home, local_channel, wheels):
+@MICROMAMBA
+def test_micromamba_create_install_list_run_remove(tool, tmp_path, isolated_home, local_channel, wheels):
     phases = []
-    mgr = manager(tmp_path, "micromamba", local_channel, progress=lambda phase, line: phases.append((phase, line)))
+    mgr = manager(tmp_path, tool, local_channel, progress=lambda phase, line: phases.append((phase, line)))
     env = mgr.create("mm", {"conda": ["wetlite-demo=0.1.0"],
                             "pip": ["--no-index", "--find-links " + wheels, "wetlite-test-pip"]},
                      force_external=True)
@@ -73,21 +81,25 @@ def test_micromamba_create_install_list_run_remove(tmp_path, isolated_home, loca
     assert "wetlite-extra" in packages and packages["wetlite-test-pip"]["kind"] == "pypi"
     assert os.access(os.path.join(env.path, "bin", "wetlite-extra"), os.X_OK)
     assert env.run(["command -v wetlite-extra"]).stdout.strip() == os.path.join(env.path, "bin", "wetlite-extra")
+    # The tool replaced the package's text prefix placeholder with the environment's prefix.
+    assert env.run(["wetlite-extra"]).stdout == "wetlite-extra 1.0.0 installed in %s\n" % env.path
 
     mgr.remove("mm")
     assert not os.path.exists(env.path) and mgr.list() == []
 
 
-def test_micromamba_never_touches_shared_channel_config(tmp_path, isolated_home, local_channel):
-    mgr = manager(tmp_path, "micromamba", local_channel)
+@MICROMAMBA
+def test_micromamba_never_touches_shared_channel_config(tool, tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, tool, local_channel)
     mgr.create("a", {"conda": ["wetlite-demo"], "channels": [local_channel]}, force_external=True)
     with open(os.path.join(mgr.root, ".mambarc")) as f:
         rc = f.read()
     assert local_channel not in rc and "channels:" not in rc.replace("# Channels", "")
 
 
-def test_micromamba_no_deps_and_missing_package(tmp_path, isolated_home, local_channel):
-    mgr = manager(tmp_path, "micromamba", local_channel)
+@MICROMAMBA
+def test_micromamba_no_deps_and_missing_package(tool, tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, tool, local_channel)
     env = mgr.create("nd", {"conda": [{"name": "wetlite-extra", "dependencies": False}]}, force_external=True)
     assert "wetlite-extra" in {p["name"] for p in env.packages()}
     with pytest.raises(wetlite.CommandError) as info:
@@ -98,7 +110,8 @@ def test_micromamba_no_deps_and_missing_package(tmp_path, isolated_home, local_c
     assert [e["name"] for e in mgr.list()] == ["nd"]
 
 
-def test_micromamba_environment_yml(tmp_path, isolated_home, local_channel, wheels):
+@MICROMAMBA
+def test_micromamba_environment_yml(tool, tmp_path, isolated_home, local_channel, wheels):
     project = tmp_path / "project"
     project.mkdir()
     (project / "environment.yml").write_text(textwrap.dedent("""\
@@ -114,14 +127,15 @@ def test_micromamba_environment_yml(tmp_path, isolated_home, local_channel, whee
             - --find-links %s
             - wetlite-test-pip
         """ % (local_channel, HOST_XY, wheels)))
-    mgr = manager(tmp_path, "micromamba", local_channel)
+    mgr = manager(tmp_path, tool, local_channel)
     env = mgr.create("yml", config=str(project / "environment.yml"), force_external=True)
     assert hello(env)[0] == "hello world from wetlite-demo 0.2.0"
     assert hello(env, "wetlite_test_pip")[0] == "hello from wetlite-test-pip 1.0"
 
 
-def test_micromamba_worker_runs_activated(tmp_path, isolated_home, local_channel):
-    mgr = manager(tmp_path, "micromamba", local_channel)
+@MICROMAMBA
+def test_micromamba_worker_runs_activated(tool, tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, tool, local_channel)
     env = mgr.create("w", {"conda": ["wetlite-demo"]}, force_external=True)
     with env:
         assert env.execute("wetlite_demo", "hello", ("worker",)).startswith("hello worker")
@@ -134,8 +148,9 @@ def test_micromamba_worker_runs_activated(tmp_path, isolated_home, local_channel
 
 # --- pixi --------------------------------------------------------------------------
 
-def test_pixi_create_install_list_run(tmp_path, isolated_home, local_channel, wheels):
-    mgr = manager(tmp_path, "pixi", local_channel)
+@PIXI
+def test_pixi_create_install_list_run(tool, tmp_path, isolated_home, local_channel, wheels):
+    mgr = manager(tmp_path, tool, local_channel)
     wheel = os.path.join(wheels, "wetlite_test_pip-1.0-py3-none-any.whl")
     env = mgr.create("px", {"conda": ["wetlite-demo=0.1.0"],
                             "pip": ["wetlite-test-pip @ " + file_url(wheel),
@@ -159,8 +174,9 @@ def test_pixi_create_install_list_run(tmp_path, isolated_home, local_channel, wh
     assert not os.path.exists(os.path.dirname(env.manifest))
 
 
-def test_pixi_refuses_what_it_cannot_do(tmp_path, isolated_home, local_channel):
-    mgr = manager(tmp_path, "pixi", local_channel)
+@PIXI
+def test_pixi_refuses_what_it_cannot_do(tool, tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, tool, local_channel)
     with pytest.raises(wetlite.SpecError, match="'wetlite-demo'"):
         mgr.create("nd", {"conda": [{"name": "wetlite-demo", "dependencies": False}]}, force_external=True)
     with pytest.raises(wetlite.SpecError, match="--index-url"):
@@ -168,7 +184,8 @@ def test_pixi_refuses_what_it_cannot_do(tmp_path, isolated_home, local_channel):
     assert not os.path.exists(mgr.root)
 
 
-def test_pixi_manifest_config(tmp_path, isolated_home, local_channel):
+@PIXI
+def test_pixi_manifest_config(tool, tmp_path, isolated_home, local_channel):
     project = tmp_path / "project"
     project.mkdir()
     (project / "pixi.toml").write_text(textwrap.dedent("""\
@@ -181,42 +198,71 @@ def test_pixi_manifest_config(tmp_path, isolated_home, local_channel):
         python = "%s.*"
         wetlite-demo = "==0.2.0"
         """ % (local_channel, wetlite._conda_subdir(*wetlite._platform_id()), HOST_XY)))
-    mgr = manager(tmp_path, "pixi", local_channel)
+    mgr = manager(tmp_path, tool, local_channel)
     env = mgr.create("cfg", config=str(project / "pixi.toml"), force_external=True)
     assert hello(env)[0] == "hello world from wetlite-demo 0.2.0"
     # The user's file was copied, not edited in place.
     assert "wetlite-demo = \"==0.2.0\"" in (project / "pixi.toml").read_text()
     assert os.path.isfile(os.path.join(mgr.root, "workspaces", "cfg", "pixi.toml"))
-    # Same config, same recipe: reused without calling the tool.
-    again = wetlite.EnvironmentManager(root=mgr.root, tool="pixi", tool_path=mgr.tool_path, channels=[local_channel])
+    # Same config, same recipe: reused without calling the tool (a tripwire stands in for it).
+    wire, calls = tripwire(tmp_path / "wire", tool)
+    again = wetlite.EnvironmentManager(root=mgr.root, tool=tool, tool_path=wire, channels=[local_channel])
     assert again.create("cfg", config=str(project / "pixi.toml"), force_external=True).path == env.path
+    assert not os.path.exists(calls)
 
 
-def test_tool_is_only_called_with_supported_syntax(tmp_path, isolated_home, local_channel):
-    """The stand-ins exit 2 on anything they do not know: a full cycle must never hit that."""
-    for tool in ("micromamba", "pixi"):
-        mgr = manager(tmp_path / tool, tool, local_channel)
-        env = mgr.create("cycle", {"conda": ["wetlite-demo"]}, force_external=True)
-        env.install({"conda": ["wetlite-extra"]})
-        env.packages()
-        assert "stand-in" not in env.run(["true"]).stdout
+@BOTH
+def test_reuse_runs_no_tool(tool, tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, tool, local_channel)
+    env = mgr.create("again", {"conda": ["wetlite-extra"]}, force_external=True)
+    wire, calls = tripwire(tmp_path / "wire", tool)
+    fresh = wetlite.EnvironmentManager(root=mgr.root, tool=tool, tool_path=wire, channels=[local_channel])
+    again = fresh.create("again", {"conda": ["wetlite-extra"]}, force_external=True)
+    assert again.path == env.path and again is not env
+    assert not os.path.exists(calls), "the tool was called: %s" % open(calls).read()
+    # A different recipe is refused before the tool is asked for anything.
+    with pytest.raises(wetlite.SpecError, match="replace=True"):
+        fresh.create("again", {"conda": ["wetlite-demo"]}, force_external=True)
+    assert not os.path.exists(calls)
+
+
+@PIXI
+def test_pixi_missing_package_fails_cleanly(tool, tmp_path, isolated_home, local_channel):
+    mgr = manager(tmp_path, tool, local_channel)
+    with pytest.raises(wetlite.CommandError) as info:
+        mgr.create("nope", {"conda": ["wetlite-no-such-package"]}, force_external=True)
+    assert "wetlite-no-such-package" in info.value.output_tail
+    assert mgr.list() == [] and not os.path.exists(mgr._env_dir("nope"))
+
+
+@BOTH
+def test_tool_is_only_called_with_supported_syntax(tool, tmp_path, isolated_home, local_channel):
+    """A full cycle: create, install, list, run.  The stand-ins exit 2 on anything they do not know."""
+    mgr = manager(tmp_path, tool, local_channel)
+    env = mgr.create("cycle", {"conda": ["wetlite-demo"]}, force_external=True)
+    env.install({"conda": ["wetlite-extra"]})
+    assert {"wetlite-demo", "wetlite-extra"} <= {p["name"] for p in env.packages()}
+    assert env.run(['echo "$CONDA_PREFIX"']).stdout == env.path + "\n"
+    if stand_in(tool):
         log = open(os.path.join(mgr.root, "state", "logs", "cycle.log")).read()
-        assert "unsupported" not in log
+        assert "stand-in %s: unsupported" % tool not in log
 
 
-def test_a_managers_default_channels_join_a_config_files_unless_left_out(tmp_path, isolated_home, local_channel):
+@MICROMAMBA
+def test_a_managers_default_channels_join_a_config_files_unless_left_out(tool, tmp_path, isolated_home,
+                                                                         local_channel):
     """A default channel that cannot be reached (conda-forge, offline) fails the build, as with the real tool
     (transcripts §3.1); channels=() or the file's own "nodefaults" leave the defaults out."""
     project = tmp_path / "project"
     project.mkdir()
     yml = project / "environment.yml"
     yml.write_text("channels:\n  - %s\ndependencies:\n  - wetlite-demo=0.1.0\n" % local_channel)
-    exe = install_stand_in(tmp_path / "tools", "micromamba")
-    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="micromamba", tool_path=exe)
+    exe = tool_binary(tmp_path / "tools", tool)
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool=tool, tool_path=exe)
     with pytest.raises(wetlite.CommandError) as info:
         mgr.create("defaults", config=str(yml), force_external=True)
     assert "conda-forge" in info.value.output_tail
-    only_file = wetlite.EnvironmentManager(root=mgr.root, tool="micromamba", tool_path=exe, channels=())
+    only_file = wetlite.EnvironmentManager(root=mgr.root, tool=tool, tool_path=exe, channels=())
     assert hello(only_file.create("only-file", config=str(yml), force_external=True))[0] == \
         "hello world from wetlite-demo 0.1.0"
     yml.write_text("channels:\n  - %s\n  - nodefaults\ndependencies:\n  - wetlite-demo=0.1.0\n" % local_channel)

@@ -20,7 +20,6 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STAND_INS = os.path.join(HERE, "stand_ins")
-MAKE_CHANNEL = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "tools", "make_local_channel.py")
 PY_XY = "%d.%d" % sys.version_info[:2]
 
 pytestmark = pytest.mark.skipif(os.name == "nt" or sys.version_info < (3, 11),
@@ -100,15 +99,9 @@ class Tools(object):
 
 @pytest.fixture(scope="session")
 def channel(tmp_path_factory):
-    """A local channel built by make_local_channel.py --layout venv (skips the channel tests without it)."""
-    if not os.path.isfile(MAKE_CHANNEL):
-        pytest.skip("no %s" % MAKE_CHANNEL)
-    out = str(tmp_path_factory.mktemp("channel"))
-    proc = subprocess.run([sys.executable, MAKE_CHANNEL, out, "--layout", "venv", "--force"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        pytest.skip("make_local_channel.py failed: %s" % proc.stdout.decode()[-500:])
-    return out
+    """The tests' own local channel (tests/conda_channel.py), as a directory."""
+    from conda_channel import build_channel
+    return build_channel(str(tmp_path_factory.mktemp("channel")))
 
 
 @pytest.fixture(scope="session")

@@ -618,6 +618,28 @@ def test_timeout_of_a_queued_call_does_not_kill_the_running_call(fresh, monkeypa
     assert worker_pid(e) == pid
 
 
+def test_synchronous_timeout_of_a_queued_call_does_not_wait_for_the_running_call(fresh):
+    """execute(timeout=) from a second thread, queued behind a call that runs for long: its timeout
+    fires while that call still runs (the caller does not wait for the worker to be free)."""
+    e = fresh().launch()
+    finished = threading.Event()
+
+    def long_call():
+        try:
+            e.execute("time", "sleep", (10,))
+            finished.set()
+        except wetlite.WetliteError:
+            pass                                # stopped by e.exit() below
+    runner = threading.Thread(target=long_call, daemon=True)
+    runner.start()
+    assert wait_for(lambda: e._worker._order, 10), "the long call was never sent"
+    with pytest.raises(wetlite.CallTimeout, match="did not start within its timeout"):
+        e.execute("os", "getpid", timeout=0.3)
+    assert not finished.is_set(), "the timed-out call waited for the running one to finish"
+    e.exit()
+    runner.join(10)
+
+
 def test_cancelled_queued_call_never_runs(fresh, tmp_path):
     e = fresh().launch()
     marker = tmp_path / "ran.txt"
@@ -852,6 +874,39 @@ def test_manual_serve_is_refused_by_a_listener_with_another_key(host_env, mgr, t
         assert isinstance(box.get("error"), AuthenticationError), box
         assert proc.wait(10) != 0
         assert b"refused this worker's key" in proc.stderr.read()
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_manual_serve_refuses_a_host_that_answers_with_another_key(host_env, mgr, tmp_path):
+    """The handshake goes both ways: a listener that knows the worker's key passes the worker's answer,
+    but a host that cannot answer the worker's own challenge is refused before any hello."""
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import answer_challenge, deliver_challenge
+    key = os.urandom(32)
+    listener, proc = _serve_manually(host_env.python, wetlite._runtime_dir(mgr.root), None, key, tmp_path)
+    box = {}
+
+    def impostor():
+        try:
+            conn = listener.accept()
+            deliver_challenge(conn, key)                # the worker proves it has the key...
+            box["passed"] = True
+            answer_challenge(conn, b"not the key" * 3)   # ...the host does not
+            box["hello"] = conn.recv_bytes()
+        except BaseException as exc:
+            box["error"] = exc
+    thread = threading.Thread(target=impostor, daemon=True)
+    try:
+        thread.start()
+        assert proc.wait(30) != 0
+        thread.join(10)
+        assert box.get("passed") and isinstance(box.get("error"), AuthenticationError), box
+        assert "hello" not in box
+        assert b"the host answered the challenge with the wrong key" in proc.stderr.read()
     finally:
         listener.close()
         if proc.poll() is None:
@@ -1168,7 +1223,25 @@ def test_manager_exit_stops_its_workers(mgr, host_env):
 
 # --- the main environment --------------------------------------------------------------------------
 
-def test_main_environment_runs_in_process(mgr, tmp_path):
+@pytest.fixture
+def host_imports_restored():
+    """The main environment runs calls in this process, where a .py path module puts its directory
+    on sys.path: undo that (and forget the modules), so that later tests still see a host in which
+    executor_data's modules do not import."""
+    path, modules = list(sys.path), set(sys.modules)
+    yield
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        if (getattr(sys.modules[name], "__file__", None) or "").startswith(DATA + os.sep):
+            del sys.modules[name]
+    state = wetlite._WorkerState
+    for key in [k for k in state.path_modules if k.startswith(DATA + os.sep)]:
+        del state.path_modules[key]
+    for key in [k for k in state.resolved if k[0].startswith(DATA + os.sep)]:
+        del state.resolved[key]
+
+
+def test_main_environment_runs_in_process(mgr, tmp_path, host_imports_restored):
     main = mgr.main_environment
     assert main.launch() is main
     assert main.execute("os", "getpid") == os.getpid()
@@ -1193,7 +1266,7 @@ def test_main_environment_runs_in_process(mgr, tmp_path):
     main.exit()
 
 
-def test_main_environment_seed_aliases_run_in_process(mgr, tmp_path):
+def test_main_environment_seed_aliases_run_in_process(mgr, tmp_path, host_imports_restored):
     # The camelCase aliases must reach _MainEnvironment's own methods, not
     # Environment's (which would look for a worker the main environment never has).
     main = mgr.main_environment

@@ -984,3 +984,38 @@ def test_quote_functions_reject_bad_values():
         with pytest.raises(wetlite.SpecError) as info:
             quote(31337)
         assert "31337" in str(info.value)
+
+
+# --- generated scripts are removed at exit ---------------------------------------------
+
+_RUN_IN_CHILD = """
+import json, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import wetlite
+mgr = wetlite.EnvironmentManager(root=sys.argv[2], tool="venv")
+print(mgr.main_environment.run(["echo ran"]).stdout.strip())
+print(json.dumps(sorted(os.listdir(tempfile.gettempdir()))))
+"""
+
+
+@POSIX_ONLY
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_generated_scripts_are_removed_at_exit_unless_debugging(tmp_path, debug):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    environ = dict(os.environ, TMPDIR=str(temp), WETLITE_DEBUG=debug)
+    proc = subprocess.run([sys.executable, "-c", _RUN_IN_CHILD, os.path.dirname(HERE), str(tmp_path / "root")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=environ,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ran, during = proc.stdout.splitlines()
+    assert ran == "ran"
+    scripts = [name for name in json.loads(during) if name.startswith("wetlite-scripts-")]
+    assert len(scripts) == 1, during                # the script lived in its private dir while it ran
+    left = sorted(os.listdir(str(temp)))
+    if debug:
+        assert left == scripts
+        assert [n for n in os.listdir(str(temp / scripts[0])) if n.startswith("run-") and n.endswith(".sh")]
+        assert "keeping generated scripts in %s" % (temp / scripts[0]) in proc.stderr
+    else:
+        assert left == [], "left behind after exit: %s" % left

@@ -247,9 +247,15 @@ def test_list_json(tools, mm_env, channel):
     assert fake_row["md5"] == fake_row["sha256"] == fake_row["url"] == ""
 
 
-def test_install_into_env_and_noop(tools, mm_env, channel):
-    """§4.2: python pinned, a package added, a no-op still appends to the history."""
-    prefix, _ = mm_env
+def test_install_into_env_and_noop(tools, channel, tmp_path):
+    """§4.2: python pinned, a package added, a no-op still appends to the history.
+
+    In an environment of its own: the shared ``mm_env`` must stay as created.
+    """
+    prefix = str(tmp_path / "inst")
+    create = tools.mm("create", "-y", "-q", "-p", prefix, "-c", "file://" + channel, "--override-channels",
+                      "python=" + PY_XY)
+    assert create.returncode == 0, create.stderr
     args = ["install", "-y", "-p", prefix, "-c", "file://" + channel, "--override-channels", "wetlite-extra"]
     proc = tools.mm(*args)
     assert proc.returncode == 0, proc.stderr

@@ -33,6 +33,22 @@ os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
 
 wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
 
+# Time in tests: an upper bound only says "did not hang" (or "did not wait for X", where X takes
+# longer still); speed targets live in scripts/bench.py.  Waits poll a condition up to a deadline.
+HANG = 20.0
+
+
+def wait_for(predicate, timeout=HANG, interval=0.02):
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds passed (False)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 # CI installs requirements-test.txt itself, so there a missing test requirement
 # is a failure, never a skip.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -46,9 +62,38 @@ def needs(available, reason):
     return pytest.mark.wetlite_needs(available=bool(available), reason=reason)
 
 
+# Which Pythons the cross-version tests (parametrized by "3.X") really ran on, for the summary.
+_CROSS_VERSION = {}
+
+
+def pytest_runtest_logreport(report):
+    match = re.search(r"\[(3\.\d+)[-\]]", report.nodeid)
+    if match and (report.when == "call" or report.skipped):
+        outcome = "ran" if report.passed else "skipped" if report.skipped else "failed"
+        _CROSS_VERSION.setdefault(match.group(1), set()).add(outcome)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _CROSS_VERSION:
+        return
+    found = dict(local_interpreters())
+    parts = []
+    for version in sorted(_CROSS_VERSION, key=lambda v: int(v.split(".")[1])):
+        outcomes = _CROSS_VERSION[version]
+        if "ran" in outcomes or "failed" in outcomes:
+            where = found.get(version, "?")
+            full = re.search(r"versions/(3\.\d+\.\d+\w*)/", where)
+            parts.append("%s (%s)" % (version, full.group(1) if full else where))
+        else:
+            parts.append("%s (not installed: skipped)" % version)
+    terminalreporter.write_line("cross-version tests ran on Python " + ", ".join(parts))
+
+
 def pytest_sessionfinish(session, exitstatus):
+    # (This process's own scripts dir goes at its exit; the stand-ins' cache is meant to stay.)
+    own = os.path.basename(getattr(wetlite, "_scripts_dir_path", None) or "")
     leftovers = sorted(name for name in os.listdir(SESSION_TMP)
-                       if name.startswith("wetlite") and not name.startswith("wetlite-standin"))
+                       if name.startswith("wetlite") and not name.startswith("wetlite-standin") and name != own)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if leftovers and reporter is not None:
         reporter.ensure_newline()
@@ -59,12 +104,25 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line("this run's temporary files are kept in %s" % SESSION_TMP)
 
 
+def skip_unless_ci(reason):
+    """Skip for a reason CI can fix (it installs what it needs): there it is a failure instead."""
+    if IN_CI:
+        pytest.fail("CI installs what the tests need, yet: %s" % reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def import_requirement(name):
+    """Import test requirement ``name`` (requirements-test.txt); without it, skip_unless_ci()."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_unless_ci("%s is not installed (%s): python -m pip install -r requirements-test.txt" % (name, exc))
+
+
 def pytest_runtest_setup(item):
     for mark in item.iter_markers("wetlite_needs"):
         if not mark.kwargs["available"]:
-            if IN_CI:
-                pytest.fail("CI installs requirements-test.txt, yet: %s" % mark.kwargs["reason"], pytrace=False)
-            pytest.skip(mark.kwargs["reason"])
+            skip_unless_ci(mark.kwargs["reason"])
 
 
 # --- local interpreters -----------------------------------------------------

@@ -120,16 +120,51 @@ def wait_for(predicate, timeout):
     return False
 
 
+class StalledIndex(object):
+    """A package index that accepts connections and never answers: pip waits on it."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = "http://127.0.0.1:%d/simple" % self.sock.getsockname()[1]
+        self.connected = threading.Event()
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.connected.set()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
 def test_ctrl_c_during_create_leaves_nothing(tmp_path):
     root = tmp_path / "root"
-    proc = subprocess.Popen([sys.executable, WETLITE_PY, "--root", str(root), "--tool", "venv", "create", "half"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Wait until the build is under way (its record says "creating"), then interrupt.
-    record = root / "state" / "envs" / "half.json"
-    assert wait_for(record.exists, 60)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    index = StalledIndex()
+    try:
+        proc = subprocess.Popen([sys.executable, WETLITE_PY, "--root", str(root), "--tool", "venv", "create", "half",
+                                 "--pip=--index-url " + index.url, "--pip", "wetlite-never-published"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, PIP_FIND_LINKS="", PIP_NO_INDEX=""))
+        # Interrupt while the build is surely under way: pip is waiting for the index.
+        assert index.connected.wait(120), "pip never asked the index"
+        record = root / "state" / "envs" / "half.json"
+        assert record.exists()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        index.close()
     assert proc.returncode == 130, err.decode()
     assert not record.exists()
     assert not (root / "envs" / "half").exists()
@@ -157,7 +192,7 @@ def test_ctrl_c_during_call_leaves_no_worker(tmp_path):
             return True
         with open("/proc/%d/stat" % worker) as f:       # a zombie waiting for its reaper is gone too
             return f.read().split(")")[-1].split()[0] == "Z"
-    assert wait_for(gone, 5)
+    assert wait_for(gone, 20)
 
 
 HOSTS = [(v, p) for v, p in local_interpreters() if v in ("3.8", "3.12", "3.13")]

@@ -181,9 +181,15 @@ def test_main_environment_is_returned_when_the_host_satisfies(tmp_path):
 
 
 CREATE_IN_PROCESS = textwrap.dedent("""\
-    import sys
+    import logging, os, sys, time
     sys.path.insert(0, %(repo)r)
     import wetlite
+    logging.basicConfig(level=logging.INFO)          # the lock wait is logged at INFO
+    # A barrier: start creating only once all the processes run, so that they overlap.
+    open(os.path.join(sys.argv[3], str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(sys.argv[3])) < int(sys.argv[4]) and time.monotonic() < deadline:
+        time.sleep(0.01)
     mgr = wetlite.EnvironmentManager(root=sys.argv[1], tool="venv")
     env = mgr.create("together", {"pip": ["--no-index", "--find-links " + sys.argv[2], "wetlite-test-demo"]},
                      force_external=True)
@@ -194,10 +200,15 @@ CREATE_IN_PROCESS = textwrap.dedent("""\
 def test_concurrent_creation_builds_once(tmp_path, wheels):
     root = str(tmp_path / "root")
     code = CREATE_IN_PROCESS % {"repo": REPO}
-    procs = [subprocess.Popen([sys.executable, "-c", code, root, wheels],
+    started = tmp_path / "started"
+    started.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", code, root, wheels, str(started), "4"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [o[1].decode()[-2000:] for o in outputs]
+    # They really ran at the same time: the others waited for the builder's lock.
+    waited = [o[1].decode() for o in outputs if b"waiting for another process holding" in o[1]]
+    assert waited, [o[1].decode()[-500:] for o in outputs]
     paths = {o[0].decode().strip() for o in outputs}
     assert paths == {os.path.join(root, "envs", "together")}
     with open(os.path.join(root, "state", "logs", "together.log")) as f:

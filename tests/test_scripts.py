@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import wetlite
+from conftest import import_requirement, wetlite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_DIR = os.path.join(HERE, "data", "golden")
@@ -822,8 +822,8 @@ def test_powershell_prefix_path_matches_conda():
 
 
 def ts_parser():
-    tree_sitter = pytest.importorskip("tree_sitter")
-    tsp = pytest.importorskip("tree_sitter_powershell")
+    tree_sitter = import_requirement("tree_sitter")
+    tsp = import_requirement("tree_sitter_powershell")
     return tree_sitter.Parser(tree_sitter.Language(tsp.language()))
 
 

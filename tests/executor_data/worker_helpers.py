@@ -159,3 +159,11 @@ def sys_path_length():
 
 def argv_now():
     return list(sys.argv)
+
+
+def mark_and_sleep(path, seconds):
+    """Write ``path`` (so a test knows the call is running), then sleep."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"

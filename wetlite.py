@@ -5817,8 +5817,16 @@ def _self_source():
 _WORKER_BOOT = """\
 # Written by wetlite: starts an executor worker from the wetlite.py beside it.
 # wetlite.py is imported, not run, so that its bytecode is cached.
-import sys
+import os, sys
 sys.dont_write_bytecode = False
+if os.environ.get("COVERAGE_PROCESS_START"):
+    # Measured by coverage.py (wetlite's scripts/coverage.py): this side too.
+    sys.path.extend(p for p in os.environ.get("WETLITE_COVERAGE_PATH", "").split(os.pathsep) if p)
+    try:
+        import coverage
+        coverage.process_startup()
+    except Exception:
+        pass
 import wetlite
 sys.exit(wetlite.main(["serve"]))
 """

@@ -62,6 +62,14 @@ def needs(available, reason):
     return pytest.mark.wetlite_needs(available=bool(available), reason=reason)
 
 
+# Random order: pytest-randomly (requirements-test.txt) shuffles the tests with the seed that
+# pyproject.toml pins, so every run, CI's included, tries the same order; pass
+# --randomly-seed=default for a fresh one, or -p no:randomly for the files' order.
+def pytest_addoption(parser, pluginmanager):
+    if not pluginmanager.has_plugin("randomly"):
+        parser.addoption("--randomly-seed", default=None, help="(pytest-randomly is not active: ignored)")
+
+
 # Which Pythons the cross-version tests (parametrized by "3.X") really ran on, for the summary.
 _CROSS_VERSION = {}
 
@@ -73,7 +81,11 @@ def pytest_runtest_logreport(report):
         _CROSS_VERSION.setdefault(match.group(1), set()).add(outcome)
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
+    if config.pluginmanager.has_plugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line("random order, seed %s (replay: python -m pytest -p randomly --randomly-seed=%s)"
+                                    % (seed, seed))
     if not _CROSS_VERSION:
         return
     found = dict(local_interpreters())

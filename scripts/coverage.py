@@ -1,0 +1,92 @@
+"""Run the test suite under coverage.py, the host and the worker side, and report both merged.
+
+    python scripts/coverage.py [pytest arguments...]       # e.g. -x, or tests/test_executor.py
+    python scripts/coverage.py --html DIR [pytest arguments...]
+
+Needs the test requirements (coverage is pinned in requirements-test.txt).  How
+each side is measured:
+
+- the host: ``coverage run -m pytest``;
+- subprocesses of this interpreter (the CLI run as a program, helper scripts):
+  coverage's ``patch = subprocess``;
+- executor workers, which run a copy of wetlite.py in an environment's own
+  Python: the worker's boot script starts coverage when COVERAGE_PROCESS_START
+  is set, importing it from WETLITE_COVERAGE_PATH when the environment lacks it
+  (a directory holding only a link to this coverage package).  Workers on a
+  Python this coverage release does not support are not measured; neither are
+  workers that are killed.
+
+The workers' copies (``{root}/state/runtime/<hash>/wetlite.py``) are mapped back
+to wetlite.py before the report.  Excluded from the figures, by name: code that
+runs only on Windows (``if _WINDOWS:``, ``if os.name == "nt":``) or only on
+macOS (``if _MACOS:``), which no test here can reach.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+RC = """\
+[run]
+branch = True
+parallel = True
+include = */wetlite.py
+patch = subprocess
+data_file = {data}
+
+[paths]
+wetlite =
+    {repo}/
+    */state/runtime/{digest}/
+
+[report]
+show_missing = False
+skip_covered = False
+exclude_also =
+    # Windows only
+    if _WINDOWS:
+    if os\\.name == .nt.:
+    # macOS only
+    if _MACOS:
+"""
+
+
+def runtime_digest():
+    """The name of the runtime dir that holds the workers' copy of this wetlite.py."""
+    sys.path.insert(0, REPO)
+    try:
+        import wetlite
+        return wetlite._self_source()[1]
+    finally:
+        sys.path.remove(REPO)
+
+
+def main(argv):
+    html = None
+    if argv[:1] == ["--html"]:
+        html, argv = argv[1], argv[2:]
+    import coverage                      # fails here, with a clear message, when it is missing
+    work = tempfile.mkdtemp(prefix="wetlite-coverage-")
+    rc = os.path.join(work, "coveragerc")
+    with open(rc, "w") as f:
+        f.write(RC.format(data=os.path.join(work, ".coverage"), repo=REPO, digest=runtime_digest()))
+    site = os.path.join(work, "site")
+    os.mkdir(site)
+    os.symlink(os.path.dirname(coverage.__file__), os.path.join(site, "coverage"))
+    env = dict(os.environ, COVERAGE_PROCESS_START=rc, WETLITE_COVERAGE_PATH=site)
+    run = [sys.executable, "-m", "coverage"]
+    tests = subprocess.call(run + ["run", "--rcfile", rc, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + argv,
+                            cwd=REPO, env=env)
+    subprocess.check_call(run + ["combine", "--rcfile", rc, "-q"], cwd=REPO, env=env)
+    report = subprocess.call(run + ["report", "--rcfile", rc], cwd=REPO, env=env)
+    if html:
+        subprocess.call(run + ["html", "--rcfile", rc, "-d", os.path.abspath(html)], cwd=REPO, env=env)
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    return tests or report
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

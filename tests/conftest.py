@@ -75,7 +75,7 @@ _CROSS_VERSION = {}
 
 
 def pytest_runtest_logreport(report):
-    match = re.search(r"\[(3\.\d+)[-\]]", report.nodeid)
+    match = re.search(r"\[(3\.(?:[6-9]|1[0-9]))[-\]]", report.nodeid)
     if match and (report.when == "call" or report.skipped):
         outcome = "ran" if report.passed else "skipped" if report.skipped else "failed"
         _CROSS_VERSION.setdefault(match.group(1), set()).add(outcome)

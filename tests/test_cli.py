@@ -103,3 +103,38 @@ def test_call_prints_json(capsys, cli_root):
     assert code == 1 and "'oops'" in err and "JSON" in err
     code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "truediv", "1", "0")
     assert code == 1 and "ZeroDivisionError" in err
+
+
+# --- behaviour the suite did not reach before (issue 16) -------------------------------------
+
+def test_info_without_json_names_root_tool_and_python(capsys, tmp_path):
+    code, out, err = run_main(capsys, "--root", str(tmp_path / "r"), "--tool", "venv", "info")
+    assert code == 0 and err == ""
+    assert str(tmp_path / "r") in out and "venv" in out
+    assert "%d.%d.%d" % sys.version_info[:3] in out and wetlite.__version__ in out
+    assert not (tmp_path / "r").exists()               # info looks, it creates nothing
+
+
+def test_create_from_a_requirements_file(capsys, tmp_path):
+    from conftest import make_wheel
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "wetlite-test-file", "3.0")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("--no-index\n--find-links %s\nwetlite-test-file==3.0\n" % wheels)
+    root = str(tmp_path / "root")
+    code, out, err = run_main(capsys, "-q", "--root", root, "--tool", "venv", "create", "fromfile",
+                              "--file", str(requirements))
+    assert code == 0, err
+    code, out, err = run_main(capsys, "--root", root, "run", "fromfile", "--", "python", "-c",
+                              "import wetlite_test_file; print(wetlite_test_file.hello())")
+    assert (code, out.strip()) == (0, "hello from wetlite-test-file 3.0")
+
+
+def test_call_timeout_stops_the_call(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "time", "sleep", "60", "--timeout", "0.5")
+    assert code == 1 and out == ""
+    assert "time:sleep" in err and "timeout" in err
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "add", "1", "1",
+                              "--timeout", "30")
+    assert (code, out) == (0, "2\n")

@@ -268,3 +268,37 @@ def test_a_managers_default_channels_join_a_config_files_unless_left_out(tool, t
     yml.write_text("channels:\n  - %s\n  - nodefaults\ndependencies:\n  - wetlite-demo=0.1.0\n" % local_channel)
     assert hello(mgr.create("nodefaults", config=str(yml), force_external=True))[0] == \
         "hello world from wetlite-demo 0.1.0"
+
+
+# --- loading what a tool made ------------------------------------------------------------------
+
+@MICROMAMBA
+def test_load_a_conda_prefix(tool, tmp_path, isolated_home, local_channel):
+    made = manager(tmp_path, tool, local_channel).create("made", {"conda": ["wetlite-demo=0.1.0"]},
+                                                         force_external=True)
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "other"), tool="venv")
+    env = mgr.load("borrowed", made.path)
+    assert env.tool == "prefix" and env.path == made.path
+    rows = {row["name"]: row for row in env.packages()}
+    assert rows["wetlite-demo"] == {"name": "wetlite-demo", "version": "0.1.0", "kind": "conda"}
+    assert rows["python"]["kind"] == "conda"
+    assert hello(env) == ["hello world from wetlite-demo 0.1.0", made.path]
+    with env:
+        assert env.execute("wetlite_demo", "hello", ("loaded",)) == "hello loaded from wetlite-demo 0.1.0"
+    mgr.remove("borrowed")                                  # forgotten, never deleted
+    assert os.path.isfile(os.path.join(made.path, "conda-meta", "history"))
+
+
+@PIXI
+def test_load_a_pixi_workspace(tool, tmp_path, isolated_home, local_channel):
+    pixi = manager(tmp_path, tool, local_channel)
+    made = pixi.create("made", {"conda": ["wetlite-demo=0.1.0"]}, force_external=True)
+    workspace = os.path.dirname(made.manifest)
+    same_tool = wetlite.EnvironmentManager(root=str(tmp_path / "other"), tool=tool, tool_path=pixi.tool_path,
+                                           channels=[local_channel])
+    env = same_tool.load("ws", workspace)
+    assert (env.tool, env.manifest, env.path) == ("pixi", made.manifest, made.path)
+    assert {row["name"] for row in env.packages()} >= {"python", "wetlite-demo"}
+    by_manifest = wetlite.EnvironmentManager(root=str(tmp_path / "third"), tool="venv").load("m", made.manifest)
+    assert (by_manifest.tool, by_manifest.path) == ("prefix", made.path)    # another tool: the prefix only
+    assert hello(by_manifest) == ["hello world from wetlite-demo 0.1.0", made.path]

@@ -47,12 +47,22 @@ def env(tmp_path_factory, np):
 
 
 @pytest.fixture
-def leak_check():
-    before = set(shm_names())
-    yield
-    # Everything the test made is gone once its workers are stopped (a worker whose host died
-    # cleans up when it notices, a moment later).
-    assert wait_for(lambda: not set(shm_names()) - before, HANG), set(shm_names()) - before
+def leak_check(monkeypatch):
+    """Yield the set of segment-name stems ("wl" + 8 hex digits) of the pools the test makes; at
+    its end, every segment of theirs is gone (a worker whose host died cleans up when it notices,
+    a moment later).  Other processes' segments -- other test runs' too -- do not count."""
+    stems = set()
+    init = wetlite._ShmPool.__init__
+
+    def recording(self, prefix):
+        stems.add(prefix[:-1])                  # the host's pool ends in "h", its worker's in "w"
+        init(self, prefix)
+    monkeypatch.setattr(wetlite._ShmPool, "__init__", recording)
+    yield stems
+
+    def left():
+        return [name for name in shm_names() if name[:10] in stems]
+    assert wait_for(lambda: not left(), HANG), left()
 
 
 def call(env, function, *args, **kwargs):
@@ -196,6 +206,7 @@ HOST = textwrap.dedent("""\
     a = numpy.ones(%(n)d)
     print(env.execute(%(funcs)r, "total", (a,)))
     print(len(env.execute(%(funcs)r, "big_result_then_die", (%(big)d,))))
+    print(env._worker.shm_pool.prefix[:-1])
     # no exit(): the interpreter's exit must stop the worker and free everything
     """)
 
@@ -204,7 +215,9 @@ def test_no_leak_and_no_tracker_warning_when_the_host_exits(env, np, leak_check)
     code = HOST % {"repo": REPO, "root": env.manager.root, "funcs": FUNCS, "n": BIG // 8, "big": BIG}
     proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.decode().split() == [str(float(BIG // 8)), str(BIG)]
+    total, size, stem = proc.stdout.decode().split()
+    assert (total, size) == (str(float(BIG // 8)), str(BIG))
+    leak_check.add(stem)                        # its segments must go too, though the host is gone
     assert "resource_tracker" not in proc.stderr.decode() and "leaked" not in proc.stderr.decode()
 
 

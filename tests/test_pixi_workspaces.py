@@ -1,6 +1,7 @@
-"""pixi as its v0.73.0 source says (../shared/reference/pixi-0.73.0-source-notes.md), through wetlite.
+"""pixi as its v0.73.0 source says (the reference's pixi-0.73.0-source-notes.md), through wetlite.
 
-Each test runs wetlite against the stand-in pixi, which fails wherever the real
+Each test runs wetlite against a real pixi when WETLITE_TEST_PIXI names one (marked
+real_tool), else against the stand-in pixi, which fails wherever the real
 pixi fails (unlisted channels, frozen adds, detached environments, relative
 paths resolved against the workspace, no lock file with --frozen, ...).
 """
@@ -12,14 +13,14 @@ import textwrap
 
 import pytest
 
-from conftest import file_url, install_stand_in, make_wheel, wetlite
+from conftest import file_url, make_wheel, tool_binary, tool_marks, wetlite
 from test_stand_ins import conda_package
 
 HOST_XY = "%d.%d" % sys.version_info[:2]
 SUBDIR = wetlite._conda_subdir(*wetlite._platform_id())
 
-pytestmark = pytest.mark.skipif(os.name == "nt" or sys.version_info < (3, 11),
-                                reason="POSIX stand-ins; the pixi stand-in reads TOML with tomllib")
+pytestmark = [pytest.mark.skipif(os.name == "nt" or sys.version_info < (3, 11),
+                                 reason="POSIX stand-ins; the pixi stand-in reads TOML with tomllib")] + tool_marks("pixi")
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def home(tmp_path, monkeypatch):
 
 
 def manager(tmp_path, channels, **kwargs):
-    exe = install_stand_in(tmp_path / "tools", "pixi")
+    exe = tool_binary(tmp_path / "tools", "pixi")
     return wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="pixi", tool_path=exe,
                                       channels=channels, **kwargs)
 

@@ -75,6 +75,7 @@ __all__ = [
     "ToolError",
     "DownloadError",
     "SpecError",
+    "ConfigNotFoundError",
     "CommandError",
     "ExecutorError",
     "ProtocolError",
@@ -247,6 +248,21 @@ class DownloadError(ToolError):
 
 class SpecError(WetliteError, ValueError):
     """A dependency spec, environment name, config file or argument is invalid."""
+
+
+class ConfigNotFoundError(SpecError, FileNotFoundError):
+    """A config file (``config=``) does not exist.  ``.filename`` is its path."""
+
+    def __init__(self, message, filename=None):
+        SpecError.__init__(self, message)
+        self.errno = 2                  # ENOENT
+        self.filename = filename
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):               # filename is an OSError slot, not in __dict__
+        return (self.__class__, (str(self), self.filename), self.__dict__)
 
 
 class CommandError(WetliteError):
@@ -1969,19 +1985,31 @@ def _config_kind(path):
                     "pyproject.toml" % (path,))
 
 
-def _read_config(path, tool):
-    """Read a config file into {kind, path, files, sha256, python, conda, pip, channels}."""
+def _read_config(path, tool, optional=None, manifest=False):
+    """Read a config file into {kind, path, files, sha256, python, conda, pip, channels, manifest,
+    pixi_env}.
+
+    With ``manifest`` and tool="pixi", a pixi.toml (or a pyproject.toml with
+    [tool.pixi]) is pixi's own workspace manifest: ``manifest`` is then true and
+    ``pixi_env`` names the pixi environment to build.  Otherwise wetlite maps
+    the file onto python, conda and pip dependencies and channels, for every
+    tool (the venv tool refuses conda packages other than python).
+    ``optional`` names pyproject optional-dependency groups, or pixi features
+    or one pixi environment.
+    """
     import hashlib
     if not isinstance(path, (str, os.PathLike)):
         raise SpecError("config must be a path, not %s %r" % (type(path).__name__, path))
     path = os.path.abspath(os.fspath(path))
     kind = _config_kind(path)
     if not os.path.isfile(path):
-        raise SpecError("config file %r does not exist" % (path,))
-    if kind in ("pixi", "pyproject") and tool != "pixi":
-        raise SpecError("%s can only be used with tool='pixi' (got tool=%r): pixi reads it as the workspace "
-                        "manifest" % (os.path.basename(path), tool))
-    result = {"kind": kind, "path": path, "files": [path], "python": None, "conda": [], "pip": [], "channels": []}
+        raise ConfigNotFoundError("config file %r does not exist" % (path,), path)
+    optional = _check_optional(optional, path)
+    if optional and kind in ("requirements", "environment"):
+        raise SpecError("%s has no optional groups to select (optional_dependencies=%r); they exist in "
+                        "pyproject.toml and pixi.toml" % (os.path.basename(path), optional))
+    result = {"kind": kind, "path": path, "files": [path], "python": None, "conda": [], "pip": [], "channels": [],
+              "optional": optional, "manifest": False, "pixi_env": None}
     if kind == "requirements":
         result["pip"], result["files"] = _read_requirements(path)
     elif kind == "environment":
@@ -1996,14 +2024,25 @@ def _read_config(path, tool):
             elif name != "pip":         # pip itself: every environment with python gets it
                 result["conda"].append(spec)
         result["pip"] = data["pip"]
-        if tool == "venv" and result["conda"]:
+    else:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            data = _toml_loads(f.read(), path)
+        pixi = data.get("tool", {}).get("pixi") if kind == "pyproject" else data
+        if manifest and tool == "pixi" and (kind == "pixi" or pixi is not None):
+            result["manifest"] = True
+            result["pixi_env"] = _pixi_env_for(pixi, data, kind, optional, path)
+        else:
+            result.update(_manifest_dependencies(data, kind, optional, path))
+    if tool == "venv":
+        if result["conda"]:
             raise SpecError("%s asks for conda package %r, but the venv tool installs pip packages only; use "
                             "tool='micromamba' or tool='pixi'" % (path, result["conda"][0]))
+        result["channels"] = []         # nothing to take from them
     digest = hashlib.sha256()
     for name in result["files"]:
         with open(name, "rb") as f:
             digest.update(f.read())
-    if kind in ("pixi", "pyproject"):
+    if result["manifest"]:
         lock = os.path.join(os.path.dirname(path), "pixi.lock")
         if os.path.isfile(lock):
             result["files"].append(lock)
@@ -2011,6 +2050,191 @@ def _read_config(path, tool):
                 digest.update(f.read())
     result["sha256"] = digest.hexdigest()
     return result
+
+
+def _check_optional(optional, path):
+    if optional is None:
+        return []
+    if isinstance(optional, str) or not isinstance(optional, (list, tuple)) or \
+            not all(isinstance(n, str) and n.strip() for n in optional):
+        raise SpecError("optional_dependencies must be a list of group, feature or environment names (for "
+                        "%s), not %r" % (os.path.basename(path), optional))
+    return [n.strip() for n in optional]
+
+
+def _pixi_env_for(pixi, data, kind, optional, path):
+    """The pixi environment a manifest's selection means: None (default), an
+    environment it defines, or ["features", ...] that wetlite adds as one."""
+    if not optional:
+        return None
+    environments = pixi.get("environments") or {}
+    if len(optional) == 1 and optional[0] in environments:
+        return optional[0]
+    features = set(pixi.get("feature") or {})
+    if kind == "pyproject":         # pixi makes a feature of each optional-dependencies group
+        features.update((data.get("project") or {}).get("optional-dependencies") or {})
+    unknown = [n for n in optional if n not in features]
+    if unknown:
+        raise SpecError("%s has no feature or environment %s (features: %s; environments: %s)" % (
+            path, ", ".join(repr(n) for n in unknown), ", ".join(sorted(features)) or "none",
+            ", ".join(sorted(environments)) or "none"))
+    return ["features"] + list(optional)
+
+
+def _manifest_dependencies(data, kind, optional, path):
+    """A pixi.toml's or a pyproject.toml's dependencies as wetlite dependencies.
+
+    pyproject: [project] dependencies are pip requirements and requires-python
+    chooses the python; optional-dependencies groups can be selected.  pixi
+    tables ([tool.pixi.*] in a pyproject): [dependencies] are conda specs,
+    [pypi-dependencies] pip requirements (version, extras, path, git, url),
+    [pypi-options] pip options, [target.<platform>.*] apply on that platform,
+    and features or one environment can be selected.
+    """
+    directory = os.path.dirname(path)
+    project = (data.get("project") or {}) if kind == "pyproject" else {}
+    pixi = data.get("tool", {}).get("pixi") if kind == "pyproject" else data
+    where = os.path.basename(path)
+    out = {"python": None, "conda": [], "pip": [], "channels": []}
+    requirements = project.get("dependencies") or []
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        raise SpecError("%s: [project] dependencies must be a list of requirement strings" % (path,))
+    out["pip"].extend(requirements)
+    if project.get("requires-python"):
+        out["python"] = _check_python_spec(str(project["requires-python"]))
+    groups = project.get("optional-dependencies") or {}
+    tables, selected = [], []
+    if pixi is not None:
+        workspace = pixi.get("workspace") or pixi.get("project") or {}
+        environments = pixi.get("environments") or {}
+        if len(optional) == 1 and optional[0] in environments:
+            chosen = environments[optional[0]]
+            chosen = {"features": chosen} if isinstance(chosen, list) else chosen
+            if not chosen.get("no-default-feature"):
+                tables.append(pixi)
+            selected = list(chosen.get("features") or [])
+        else:
+            tables.append(pixi)
+            selected = list(optional)
+        for name in workspace.get("channels") or []:
+            out["channels"].append(_absolute_channel(name if isinstance(name, str) else name.get("channel", ""),
+                                                     directory))
+    else:
+        selected = list(optional)
+    for name in selected:
+        if pixi is not None and name in (pixi.get("feature") or {}):
+            tables.append(pixi["feature"][name])
+            if name in groups:
+                out["pip"].extend(groups[name])
+        elif name in groups:
+            out["pip"].extend(groups[name])
+        else:
+            raise SpecError("%s has no %s %r (groups: %s%s)" % (
+                path, "feature, environment or optional-dependencies group" if pixi is not None else
+                "optional-dependencies group", name, ", ".join(sorted(groups)) or "none",
+                "; features: %s; environments: %s" % (", ".join(sorted(pixi.get("feature") or {})) or "none",
+                                                       ", ".join(sorted(pixi.get("environments") or {})) or "none")
+                if pixi is not None else ""))
+    subdir = _conda_subdir(*_platform_id())
+    for table in tables:
+        layers = [table] + [layer for target, layer in sorted((table.get("target") or {}).items())
+                            if _pixi_target_applies(target, subdir)]
+        for layer in layers:
+            for name, value in (layer.get("dependencies") or {}).items():
+                if name.lower() == "python":
+                    version = _pixi_version(value, name, where)
+                    if version:
+                        out["python"] = _check_python_spec(version)
+                elif name.lower() != "pip":
+                    out["conda"].append(_pixi_conda_spec(name, value, where))
+            for name, value in (layer.get("pypi-dependencies") or {}).items():
+                out["pip"].append(_pixi_pypi_requirement(name, value, directory, where))
+            out["pip"][:0] = _pixi_pypi_options(layer.get("pypi-options") or {}, directory)
+        if table is not pixi:
+            for name in table.get("channels") or []:
+                out["channels"].append(_absolute_channel(
+                    name if isinstance(name, str) else name.get("channel", ""), directory))
+    out["channels"] = _merge_channels(out["channels"])
+    return out
+
+
+def _pixi_target_applies(target, subdir):
+    """Whether a pixi [target.X] table applies here (a platform this code does not know never does)."""
+    try:
+        return _platform_applies([_normalize_platform(target, target)], subdir)
+    except SpecError:
+        return False
+
+
+def _pixi_version(value, name, where):
+    """The version constraint of a pixi [dependencies] value ("" for any)."""
+    version = value.get("version", "*") if isinstance(value, dict) else value
+    if not isinstance(version, str):
+        raise SpecError("%s: the version of %r must be a string, not %r" % (where, name, version))
+    version = version.strip()
+    return "" if version in ("", "*") else version
+
+
+def _pixi_conda_spec(name, value, where):
+    """A pixi [dependencies] entry as a conda match spec: numpy = ">=1.26" -> 'numpy>=1.26'."""
+    if isinstance(value, dict):
+        source = [k for k in ("path", "git", "url") if k in value]
+        if source:
+            raise SpecError("%s: %r is a %s package that only pixi itself can build; use tool='pixi'"
+                            % (where, name, source[0]))
+    version = _pixi_version(value, name, where)
+    spec = name + ((" " if version[:1].isdigit() else "") + version if version else "")
+    if isinstance(value, dict) and value.get("build"):
+        spec = "%s %s %s" % (name, version or "*", value["build"])
+    if isinstance(value, dict) and value.get("channel"):
+        spec = _absolute_channel(value["channel"]) + "::" + spec
+    _check_conda_spec(spec)
+    return spec
+
+
+def _pixi_pypi_requirement(name, value, directory, where):
+    """A pixi [pypi-dependencies] entry as a pip requirement (or pip's -e option)."""
+    if isinstance(value, str):
+        value = {"version": value}
+    if not isinstance(value, dict):
+        raise SpecError("%s: pypi dependency %r must be a version string or a table, not %r" % (where, name, value))
+    extras = value.get("extras") or []
+    label = name + ("[%s]" % ",".join(extras) if extras else "")
+    if "index" in value:
+        raise SpecError("%s: the per-package index of %r is pixi-only; put it in [pypi-options] or use "
+                        "tool='pixi'" % (where, name))
+    if "path" in value:
+        target = os.path.normpath(os.path.join(directory, os.path.expanduser(value["path"])))
+        if value.get("editable"):
+            import shlex
+            return "-e " + shlex.quote(target + ("[%s]" % ",".join(extras) if extras else ""))
+        from urllib.request import pathname2url
+        return "%s @ file://%s" % (label, pathname2url(target))
+    if "url" in value:
+        return "%s @ %s" % (label, value["url"])
+    if "git" in value:
+        url = value["git"] if value["git"].startswith("git+") else "git+" + value["git"]
+        rev = value.get("rev") or value.get("tag") or value.get("branch")
+        return "%s @ %s%s%s" % (label, url, "@" + rev if rev else "",
+                                "#subdirectory=" + value["subdirectory"] if value.get("subdirectory") else "")
+    version = str(value.get("version", "*")).strip()
+    if version in ("", "*"):
+        return label
+    return label + (version if version[:1] in "<>=!~" else "==" + version)
+
+
+def _pixi_pypi_options(options, directory):
+    """A pixi [pypi-options] table as pip options."""
+    import shlex
+    args = []
+    if options.get("index-url"):
+        args.append("--index-url " + options["index-url"])
+    for url in options.get("extra-index-urls") or []:
+        args.append("--extra-index-url " + url)
+    for link in options.get("find-links") or []:
+        target = link.get("url") or os.path.normpath(os.path.join(directory, link.get("path", "")))
+        args.append("--find-links " + shlex.quote(target))
+    return args
 
 
 def _read_requirements(path, _seen=None):
@@ -2464,6 +2688,29 @@ def _absolute_manifest_paths(text, kind, directory):
     return text
 
 
+_PIXI_SELECTED_ENV = "wetlite-selected"     # the pixi environment of optional_dependencies=[features]
+
+
+def _add_pixi_environment(text, kind, features, where):
+    """A manifest's text with one more environment: the default feature plus ``features``."""
+    import json
+    import re
+    data = _toml_loads(text, where)
+    pixi = data.get("tool", {}).get("pixi", {}) if kind == "pyproject" else data
+    if _PIXI_SELECTED_ENV in (pixi.get("environments") or {}):
+        raise SpecError("%s already defines an environment named %r; select it by name" % (where, _PIXI_SELECTED_ENV))
+    line = "%s = { features = %s }" % (_PIXI_SELECTED_ENV, json.dumps(features))
+    table = "tool.pixi.environments" if kind == "pyproject" else "environments"
+    header = re.compile(r"^[ \t]*\[[ \t]*%s[ \t]*\][ \t]*(#.*)?$" % r"[ \t]*\.[ \t]*".join(table.split(".")), re.M)
+    found = header.search(text)
+    if found:
+        return text[:found.end()] + "\n" + line + text[found.end():]
+    if "environments" in pixi:
+        raise SpecError("%s defines its environments outside an [%s] table, where wetlite cannot add one; "
+                        "define an environment with the features %s and select it by name" % (where, table, features))
+    return text.rstrip("\n") + "\n\n[%s]\n%s\n" % (table, line)
+
+
 # --- Is the host already enough? --------------------------------------------
 
 
@@ -2543,11 +2790,11 @@ def _conda_spec_satisfied(spec, records):
         return False
 
 
-def _host_conda_records():
+def _host_conda_records(prefix=None):
     """{name: version} of the conda packages of the host's prefix, if it is one."""
     import glob
     records = {}
-    for path in glob.glob(os.path.join(sys.prefix, "conda-meta", "*.json")):
+    for path in glob.glob(os.path.join(prefix or sys.prefix, "conda-meta", "*.json")):
         data = _read_json(path) or {}
         if data.get("name") and data.get("version"):
             records[data["name"].lower()] = data["version"]
@@ -3546,7 +3793,7 @@ def _join_path(windows, *parts):
     return (ntpath if windows else posixpath).join(*parts)
 
 
-def _activation_lines(kind, shell, prefix, root=None, tool_exe=None, manifest=None):
+def _activation_lines(kind, shell, prefix, root=None, tool_exe=None, manifest=None, pixi_env="default"):
     """The shell lines that make an environment of ``kind`` current."""
     q = _quote_bash if shell == "bash" else _quote_powershell
     win = shell == "powershell"
@@ -3567,7 +3814,7 @@ def _activation_lines(kind, shell, prefix, root=None, tool_exe=None, manifest=No
             return ["set +u  # activation scripts may read unset variables",
                     'export PATH=%s:"$PATH"' % q(os.path.dirname(tool_exe)),
                     '__wetlite_hook="$(%s)"' % _bash_words([tool_exe, "shell-hook", "--manifest-path", manifest,
-                                                            "-e", "default", "-s", "bash", "--change-ps1", "false",
+                                                            "-e", pixi_env, "-s", "bash", "--change-ps1", "false",
                                                             "--frozen"]),
                     'eval "$__wetlite_hook"']
         if kind == "prefix":
@@ -3593,7 +3840,7 @@ def _activation_lines(kind, shell, prefix, root=None, tool_exe=None, manifest=No
                     "micromamba activate %s" % q(prefix),
                     check]
         if kind == "pixi":
-            hook = [tool_exe, "shell-hook", "--manifest-path", manifest, "-e", "default", "-s", "powershell",
+            hook = [tool_exe, "shell-hook", "--manifest-path", manifest, "-e", pixi_env, "-s", "powershell",
                     "--change-ps1", "false", "--frozen"]
             return ["$env:PATH = %s + %s + $env:PATH" % (q(os.path.dirname(tool_exe)), sep),
                     "$wetliteHook = (%s) | Out-String" % _powershell_call(hook),
@@ -3754,10 +4001,11 @@ def _pump_lines(proc, on_line):
 
 
 def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None, what=None, timeout=None,
-                   log_level=20):
+                   log_level=20, env_name=None):
     """Run ``argv`` to completion, streaming its output; return (returncode, output lines).
 
-    Each line goes to the logger at ``log_level`` (INFO) and to ``on_line``.
+    Each line goes to the logger at ``log_level`` (INFO), its record carrying
+    ``env_name`` as Wetlands' do, and to ``on_line``.
     The child is killed, with its tree, if the caller is interrupted or the
     timeout passes.  ``what`` names the operation in the CommandError raised
     on a non-zero exit; with ``what=None`` the caller checks the code.
@@ -3773,12 +4021,13 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
         log_file = _open_private(log_path, "a", encoding="utf-8")
         log_file.write("$ %s\n" % _mask_url(" ".join(argv)))
     logger = _log()
+    extra = {"env_name": env_name}
 
     def handle(line):
         lines.append(line)          # the caller's, as printed; what wetlite keeps or logs is masked
         shown = _mask_url(line)
         tail.append(shown)
-        logger.log(log_level, "%s: %s", label, shown)
+        logger.log(log_level, "%s: %s", label, shown, extra=extra)
         if log_file is not None:
             log_file.write(shown + "\n")
         if on_line is not None:
@@ -3859,12 +4108,13 @@ class Environment(object):
     :meth:`EnvironmentManager.create`, ``load`` or ``get``.
     """
 
-    def __init__(self, manager, name, path, tool, python=None, manifest=None, managed=False):
+    def __init__(self, manager, name, path, tool, python=None, manifest=None, managed=False, pixi_env="default"):
         self.manager = manager
         self.name = name
         self.path = path
         self.tool = tool
         self.manifest = manifest
+        self.pixi_env = pixi_env        # the pixi environment of the workspace
         self.managed = managed
         self.python = python or _env_python(path, "venv" if tool == "venv" else "conda")
         self._worker = None
@@ -3877,9 +4127,10 @@ class Environment(object):
 
     # -- dependencies -------------------------------------------------------
 
-    def install(self, dependencies=None, *, config=None, progress=None):
-        """Install more dependencies (same spec format as ``create``)."""
-        self.manager._install(self, dependencies, config, progress)
+    def install(self, dependencies=None, post_install=None, *, config=None, optional_dependencies=None,
+                progress=None):
+        """Install more dependencies (same spec format and options as ``create``)."""
+        self.manager._install(self, dependencies, config, progress, optional_dependencies, post_install)
 
     def packages(self):
         """Installed packages: a list of {"name", "version", "kind", "source"}.
@@ -3916,7 +4167,8 @@ class Environment(object):
 
     def _activation(self, shell):
         tool_exe = self.manager._tool_exe_path() if self.tool in ("pixi", "micromamba") else None
-        return _activation_lines(self.tool, shell, self.path, self.manager.root, tool_exe, self.manifest)
+        return _activation_lines(self.tool, shell, self.path, self.manager.root, tool_exe, self.manifest,
+                                 self.pixi_env)
 
     def _prepare_script(self, commands, shell):
         if self.tool in ("pixi", "micromamba"):
@@ -3924,12 +4176,14 @@ class Environment(object):
         shell = shell or _default_shell()
         return shell, _shell_argv(shell, _write_script(self.script(commands, shell), shell))
 
-    def execute_commands(self, commands, wait=False, popen_kwargs=None, shell=None):
+    def execute_commands(self, commands, wait=False, popen_kwargs=None, shell=None, log=False):
         """Start ``commands`` in this environment and return the subprocess.Popen.
 
-        Output is piped (stdout and stderr together, as text) unless
-        ``popen_kwargs`` says otherwise.  With ``wait=True`` the output is
-        streamed to the logger and the finished Popen is returned.
+        Output is piped (stdout and stderr together, as text) for you to read,
+        unless ``popen_kwargs`` says otherwise.  With ``wait=True`` the output
+        is streamed to the logger and the finished Popen is returned; with
+        ``log=True`` a background thread streams it to the logger instead of
+        you (what Wetlands does by default).
         """
         import subprocess
         shell, argv = self._prepare_script(commands, shell)
@@ -3939,14 +4193,20 @@ class Environment(object):
         kwargs.update(_session_kwargs())
         kwargs.update(popen_kwargs or {})
         proc = subprocess.Popen(argv, **kwargs)
+        extra = {"env_name": self.name}
+        log_line = lambda line: _log().info("%s: %s", self.name, line, extra=extra)     # noqa: E731
         if wait:
             try:
                 if proc.stdout is not None:
-                    _pump_lines(proc, lambda line: _log().info("%s: %s", self.name, line))
+                    _pump_lines(proc, log_line)
                 proc.wait()
             except BaseException:
                 _kill_tree(proc)
                 raise
+        elif log and proc.stdout is not None:
+            import threading
+            threading.Thread(target=_pump_lines, args=(proc, log_line), daemon=True,
+                             name="wetlite-log-%s" % self.name).start()
         return proc
 
     def run(self, commands, output=None, cwd=None, env=None, timeout=None, check=True, shell=None):
@@ -3960,7 +4220,7 @@ class Environment(object):
         """
         import subprocess
         shell, argv = self._prepare_script(commands, shell)
-        returncode, lines = _run_streaming(argv, "commands in environment %r" % self.name,
+        returncode, lines = _run_streaming(argv, "commands in environment %r" % self.name, env_name=self.name,
                                            env=_child_environ(env, scrub_tools=True), cwd=cwd, on_line=output,
                                            timeout=timeout, log_level=10)
         if check and returncode != 0:
@@ -4090,7 +4350,7 @@ class Environment(object):
         base = _child_environ(scrub_tools=True)
         if self.tool == "pixi":
             out = _run_capture([self.manager.install_tool(), "shell-hook", "--manifest-path", self.manifest, "-e",
-                                "default", "--json", "--frozen"], env=self.manager._tool_environ(),
+                                self.pixi_env, "--json", "--frozen"], env=self.manager._tool_environ(),
                                what="pixi shell-hook --json")
             data = json.loads(out)
             if not data.get("activation_scripts"):
@@ -4278,10 +4538,8 @@ class EnvironmentManager(object):
             self.tool_path = tool_path if tool_path is not None else os.environ.get(_ENV_TOOL_PATHS[tool]) or None
             self.tool_version = _normalize_tool_version(tool, tool_version)
         self.download_url = download_url or os.environ.get(_ENV_DOWNLOAD_URL) or _RELEASE_URLS.get(tool)
-        if proxies is not None and not (isinstance(proxies, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in proxies.items())):
-            raise SpecError("proxies must be a dict such as {'https': 'http://proxy:8080'}, not %r" % (proxies,))
-        self.proxies = proxies
+        self.proxies = None
+        self.set_proxies(proxies)
         if isinstance(channels, str):
             raise SpecError("channels must be a list of channel names, not the string %r" % (channels,))
         self.channels = _normalize_dependencies({"channels": list(channels or ())}, "pixi")["channels"]
@@ -4334,7 +4592,7 @@ class EnvironmentManager(object):
             _log().debug("using %s %s at %s", self.tool, version, path)
         else:
             self._report(progress, "download", None)
-            path = _install_tool(self.tool, self.root, self.tool_version, self.download_url, self.proxies,
+            path = _install_tool(self.tool, self.root, self.tool_version, self.download_url, _urllib_proxies(self.proxies),
                                  self.verify_downloads)
         if self.tool == "micromamba":
             _ensure_mambarc(self.root)
@@ -4359,19 +4617,41 @@ class EnvironmentManager(object):
             self._report(progress, state["phase"], line)
 
         label = "%s %s" % (name, os.path.basename(argv[0]))
-        _run_streaming(argv, label, env=env or self._tool_environ(), cwd=cwd, on_line=on_line,
+        _run_streaming(argv, label, env=env or self._tool_environ(), cwd=cwd, on_line=on_line, env_name=name,
                        log_path=os.path.join(self._checked_root(), "state", "logs", name + ".log"),
                        what=what or "%s %s" % (os.path.basename(argv[0]), argv[1] if len(argv) > 1 else ""))
 
+    def set_proxies(self, proxies):
+        """Use ``proxies`` ({"http": url, "https": url, "no": "host,..."}) from now on:
+        for tool downloads and for every tool and pip process (their ``*_proxy``
+        variables, and micromamba's ``proxy_servers``).  None: the machine's own
+        ``*_proxy`` variables apply."""
+        if proxies is not None:
+            if not isinstance(proxies, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) and k.lower().replace("_proxy", "") in _PROXY_KEYS
+                    for k, v in proxies.items()):
+                raise SpecError("proxies must be a dict with keys %s and URL values, such as {'https': "
+                                "'http://proxy:8080'}, not %r" % ("/".join(_PROXY_KEYS), _masked_proxies(proxies)))
+            proxies = dict((k.lower().replace("_proxy", ""), v) for k, v in proxies.items())
+            _log().info("%r uses proxies %s", self, _masked_proxies(proxies))
+        self.proxies = proxies
+
     def _tool_environ(self):
-        """The environment of a tool process: the user's, minus what would steer the build.
+        """The environment of a tool or pip process: the user's, minus what would steer the build.
 
         Network settings pass through (proxies, certificates, and mirrors in
-        the user's pixi config); RUST_LOG would flood pixi's output.
+        the user's pixi config), or come from ``proxies=``; RUST_LOG would
+        flood pixi's output.
         """
         extra = {"MAMBA_ROOT_PREFIX": self.root} if self.tool == "micromamba" else None
         env = _child_environ(extra, scrub_tools=True)
         env.pop("RUST_LOG", None)
+        if self.proxies is not None:
+            for key in _PROXY_KEYS:
+                for name in (key + "_proxy", key.upper() + "_PROXY"):
+                    env.pop(name, None)
+                    if key in self.proxies:
+                        env[name] = self.proxies[key]
         return env
 
     # -- paths and records --------------------------------------------------
@@ -4389,7 +4669,8 @@ class EnvironmentManager(object):
 
     def _from_record(self, name, record):
         return Environment(self, name, record["prefix"], record["tool"], python=record.get("python"),
-                           manifest=record.get("manifest"), managed=True)
+                           manifest=record.get("manifest"), managed=True,
+                           pixi_env=record.get("pixi_env") or "default")
 
     def _register(self, env):
         self.environments[env.name] = env
@@ -4405,32 +4686,40 @@ class EnvironmentManager(object):
 
     # -- recipes ------------------------------------------------------------
 
-    def _recipe(self, dependencies, config):
+    def _recipe(self, dependencies, config, optional=None, post_install=None):
         import hashlib
         import json
         spec = _normalize_dependencies(dependencies, self.tool)
-        cfg = _read_config(config, self.tool) if config is not None else None
+        if optional is not None and config is None:
+            raise SpecError("optional_dependencies=%r selects groups of a config file; give config= too"
+                            % (optional,))
+        cfg = _read_config(config, self.tool, optional, manifest=True) if config is not None else None
         subdir = _conda_subdir(*_platform_id())
         _select_entries(spec["conda"], subdir, "conda")
         _select_entries(spec["pip"], subdir, "pip")
-        if cfg is not None and self.tool == "pixi":
+        if cfg is not None and self.tool == "pixi" and not cfg["manifest"]:
             _normalize_dependencies({"pip": cfg["pip"]}, "pixi", "config %s" % cfg["path"])
         python = spec["python"] or (cfg or {}).get("python")
+        post = {key: _command_list(post_install, key) for key in ("linux", "mac", "windows")} \
+            if post_install is not None else None
         identity = {
             "tool": self.tool,
             "spec": spec,
             "channels": self.channels,
-            "config": cfg and {"kind": cfg["kind"], "name": os.path.basename(cfg["path"]), "sha256": cfg["sha256"]},
+            "config": cfg and {"kind": cfg["kind"], "name": os.path.basename(cfg["path"]), "sha256": cfg["sha256"],
+                               "optional": cfg["optional"]},
             "default_python": None if python else self._default_python(),
         }
+        if post:
+            identity["post_install"] = post
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
         return {"spec": spec, "config": cfg, "python": python, "hash": digest, "identity": identity,
-                "subdir": subdir}
+                "subdir": subdir, "post_install": post_install}
 
     def _host_satisfies(self, recipe):
         """Does the host interpreter already have everything the recipe asks for?"""
         cfg = recipe["config"] or {}
-        if cfg.get("kind") in ("pixi", "pyproject"):
+        if cfg.get("manifest") or recipe["post_install"]:
             return False
         if recipe["python"] and not _python_spec_matches(recipe["python"], "%d.%d.%d" % sys.version_info[:3]):
             return False
@@ -4438,7 +4727,7 @@ class EnvironmentManager(object):
         conda = sum(_select_entries(spec["conda"], subdir, "conda"), []) + list(cfg.get("conda", []))
         pip = sum(_select_entries(spec["pip"], subdir, "pip"), []) + list(cfg.get("pip", []))
         if conda:
-            records = _host_conda_records()
+            records = _host_conda_records(self.main_environment.path)
             if not records or not all(_conda_spec_satisfied(s, records) for s in conda):
                 return False
         requirements = [p for p in pip if not p.startswith("-")]
@@ -4452,14 +4741,20 @@ class EnvironmentManager(object):
 
     # -- creating -----------------------------------------------------------
 
-    def create(self, name, dependencies=None, *, config=None, force_external=False, replace=False, progress=None):
+    def create(self, name, dependencies=None, post_install=None, *, config=None, optional_dependencies=None,
+               force_external=False, replace=False, progress=None):
         """Create (or reuse) the environment ``name`` and return it.
 
         :param dependencies: ``{"python": "3.11", "conda": [...], "pip": [...],
             "channels": [...]}``; entries are strings or ``{"name",
             "platforms", "optional", "dependencies"}`` dicts.
+        :param post_install: commands (as for ``run``) to run in the new
+            environment once its packages are in; part of the recipe.
         :param config: a requirements.txt, environment.yml, pixi.toml or
             pyproject.toml to build from (with ``dependencies`` on top).
+        :param optional_dependencies: with a pyproject.toml or pixi.toml, the
+            optional-dependency groups, pixi features or pixi environment
+            to include.
         :param force_external: build an environment even if the host
             interpreter already satisfies the dependencies (otherwise the
             main environment is returned).
@@ -4471,9 +4766,10 @@ class EnvironmentManager(object):
         at once: one builds it, the others wait and reuse it.
         """
         _check_env_name(name)
-        recipe = self._recipe(dependencies, config)
+        recipe = self._recipe(dependencies, config, optional_dependencies, post_install)
         if not force_external and self._host_satisfies(recipe):
-            _log().info("the host interpreter satisfies %r: using the main environment", name)
+            _log().info("the host interpreter satisfies %r: using the main environment", name,
+                        extra={"env_name": name})
             return self.main_environment
         existing = self.environments.get(name)
         with self._lock(name):
@@ -4503,13 +4799,18 @@ class EnvironmentManager(object):
     def _build(self, name, recipe, progress):
         import time
         directory = self._env_dir(name)
-        prefix = os.path.join(directory, ".pixi", "envs", "default") if self.tool == "pixi" else directory
+        cfg = recipe["config"] or {}
+        pixi_env = cfg.get("pixi_env") or "default"
+        if isinstance(pixi_env, list):              # features wetlite adds an environment for
+            pixi_env = _PIXI_SELECTED_ENV
+        prefix = os.path.join(directory, ".pixi", "envs", pixi_env) if self.tool == "pixi" else directory
         manifest = None
         if self.tool == "pixi":
-            kind = (recipe["config"] or {}).get("kind")
-            manifest = os.path.join(directory, "pyproject.toml" if kind == "pyproject" else "pixi.toml")
+            manifest = os.path.join(directory, "pyproject.toml" if cfg.get("manifest") and cfg["kind"] == "pyproject"
+                                    else "pixi.toml")
         record = {
             "name": name, "tool": self.tool, "dir": directory, "prefix": prefix, "manifest": manifest,
+            "pixi_env": pixi_env,
             "python": _env_python(prefix, "venv" if self.tool == "venv" else "conda"),
             "recipe_hash": recipe["hash"], "recipe": _mask_secrets(recipe["identity"]), "state": "creating",
             "wetlite_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -4519,6 +4820,9 @@ class EnvironmentManager(object):
         try:
             _makedirs_private(os.path.dirname(directory))
             getattr(self, "_build_" + self.tool)(env, recipe, progress)
+            if recipe["post_install"] is not None:
+                self._report(progress, "install", None)
+                env.run(recipe["post_install"], output=lambda line: self._report(progress, "install", line))
             version = _interpreter_version(env.python)
             if version is None:
                 raise ToolError("environment %r was built but its interpreter %s does not run; see %s"
@@ -4526,10 +4830,11 @@ class EnvironmentManager(object):
             record.update(state="ready", python_version=version)
             _write_json(self._record_path(name), record)
         except BaseException:
-            _log().error("creating environment %r failed; removing what was built", name)
+            _log().error("creating environment %r failed; removing what was built", name, extra={"env_name": name})
             self._discard(name, record)
             raise
-        _log().info("created environment %r (%s, python %s) at %s", name, self.tool, version, prefix)
+        _log().info("created environment %r (%s, python %s) at %s", name, self.tool, version, prefix,
+                    extra={"env_name": name})
         return env
 
     def _default_python(self):
@@ -4547,7 +4852,8 @@ class EnvironmentManager(object):
 
     def _build_venv(self, env, recipe, progress):
         interpreter, version = _choose_interpreter(recipe["python"] or self._default_python())
-        _log().info("building venv %r with Python %s (%s)", env.name, version, interpreter)
+        _log().info("building venv %r with Python %s (%s)", env.name, version, interpreter,
+                    extra={"env_name": env.name})
         self._run_tool([interpreter, "-m", "venv", env.path], env.name, "install", progress,
                        env=_child_environ(), what="python -m venv")
         self._pip_step(env, recipe["spec"]["pip"], recipe["config"], recipe["subdir"], progress)
@@ -4568,16 +4874,22 @@ class EnvironmentManager(object):
         exe = self.install_tool(progress)
         with_deps, no_deps = _select_entries(spec["conda"], subdir, "conda")
         with_deps = with_deps + list((cfg or {}).get("conda", []))
-        common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root), "--override-channels"]
+        proxies_rc = _mambarc_proxies(self.proxies) if self.proxies else None
+        common = ["-y", "-p", env.path, "--rc-file", _ensure_mambarc(self.root)] + \
+            (["--rc-file", proxies_rc] if proxies_rc else []) + ["--override-channels"]
         for channel in self._channels_for(spec, cfg, with_deps + no_deps):
             common += ["-c", channel]
         specs = ([_python_conda_spec(python)] if python else []) + with_deps
-        if create or specs:
-            verb = "create" if create else "install"
-            self._run_tool([exe, verb] + common + specs, env.name, "solve", progress, what="micromamba " + verb)
-        if no_deps:
-            self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve", progress,
-                           what="micromamba install --no-deps")
+        try:
+            if create or specs:
+                verb = "create" if create else "install"
+                self._run_tool([exe, verb] + common + specs, env.name, "solve", progress, what="micromamba " + verb)
+            if no_deps:
+                self._run_tool([exe, "install"] + common + ["--no-deps"] + no_deps, env.name, "solve", progress,
+                               what="micromamba install --no-deps")
+        finally:
+            if proxies_rc:
+                _remove_quietly(proxies_rc)
         self._pip_step(env, spec["pip"], cfg, subdir, progress)
 
     def _build_pixi(self, env, recipe, progress):
@@ -4585,7 +4897,7 @@ class EnvironmentManager(object):
         spec, cfg = recipe["spec"], recipe["config"]
         python = recipe["python"] or self._default_python()
         init = True
-        if cfg is not None and cfg["kind"] in ("pixi", "pyproject"):
+        if cfg is not None and cfg["manifest"]:
             # The user's manifest and lock file are copied, with the manifest's
             # relative paths made absolute: pixi resolves them against the
             # workspace root, which the copy moves.
@@ -4597,12 +4909,14 @@ class EnvironmentManager(object):
                 if path == cfg["path"]:
                     with open(path, "r", encoding="utf-8") as f:
                         text = _absolute_manifest_paths(f.read(), cfg["kind"], os.path.dirname(path))
+                    if isinstance(cfg["pixi_env"], list):
+                        text = _add_pixi_environment(text, cfg["kind"], cfg["pixi_env"][1:], path)
                     _atomic_write(target, text)
                 else:
                     shutil.copy2(path, target)
             _write_pixi_workspace_config(directory)
-            self._run_tool([exe, "install", "--manifest-path", env.manifest], env.name, "install", progress,
-                           what="pixi install")
+            self._run_tool([exe, "install", "--manifest-path", env.manifest, "-e", env.pixi_env], env.name,
+                           "install", progress, what="pixi install")
             if not (spec["python"] or spec["conda"] or spec["pip"] or spec["channels"]):
                 return
             cfg, python, init = None, spec["python"], False     # the manifest owns python and channels
@@ -4643,7 +4957,7 @@ class EnvironmentManager(object):
                                  for n in pip_without], None, subdir, progress)
 
     def _pip_step(self, env, entries, cfg, subdir, progress):
-        """pip install the pip entries (and a requirements/environment config) into env."""
+        """pip install the pip entries (and a config file's pip requirements) into env."""
         with_deps, no_deps = _select_entries(entries, subdir, "pip")
         options = [e for e in with_deps if e.startswith("-")]
         with_deps = [e for e in with_deps if not e.startswith("-")]
@@ -4651,25 +4965,29 @@ class EnvironmentManager(object):
         runs = []
         if cfg is not None and cfg["kind"] == "requirements":
             runs.append((["-r", cfg["path"]], os.path.dirname(cfg["path"])))
-        elif cfg is not None and cfg["kind"] == "environment" and cfg["pip"]:
+        elif cfg is not None and cfg["pip"]:
             runs.append((_pip_args(cfg["pip"]), os.path.dirname(cfg["path"])))
         if with_deps:
             runs.append((_pip_args(options) + with_deps, None))
         if no_deps:
             runs.append((_pip_args(options) + ["--no-deps"] + no_deps, None))
         for args, cwd in runs:
-            self._run_tool(base + args, env.name, "pip", progress, env=_child_environ(scrub_tools=True),
-                           cwd=cwd, what="pip install")
+            self._run_tool(base + args, env.name, "pip", progress, cwd=cwd, what="pip install")
 
     # -- installing into an existing environment ----------------------------
 
-    def _install(self, env, dependencies, config, progress):
+    def _install(self, env, dependencies, config, progress, optional=None, post_install=None):
         if env.tool == "main":
             raise SpecError("cannot install into the host interpreter (the main environment); create an "
                             "environment with mgr.create(name, deps, force_external=True) instead")
         tool = {"prefix": "venv"}.get(env.tool, env.tool)   # a bare prefix takes pip only
         spec = _normalize_dependencies(dependencies, tool)
-        cfg = _read_config(config, tool) if config is not None else None
+        if optional is not None and config is None:
+            raise SpecError("optional_dependencies=%r selects groups of a config file; give config= too"
+                            % (optional,))
+        cfg = _read_config(config, tool, optional) if config is not None else None
+        if post_install is not None:
+            _command_list(post_install, _target_platform(_default_shell()))     # checked before anything runs
         subdir = _conda_subdir(*_platform_id())
         lock = self._lock(env.name) if env.managed else _NullContext()
         with lock:
@@ -4685,6 +5003,8 @@ class EnvironmentManager(object):
                     raise SpecError("cannot change the python of %s environment %r; create a new one"
                                     % (env.tool, env.name))
                 self._pip_step(env, spec["pip"], cfg, subdir, progress)
+            if post_install is not None:
+                env.run(post_install, output=lambda line: self._report(progress, "install", line))
             env._activation_cache = None        # new packages may bring activation scripts
             if env.managed:
                 record = _read_json(self._record_path(env.name))
@@ -4696,14 +5016,16 @@ class EnvironmentManager(object):
 
     # -- finding ------------------------------------------------------------
 
-    def load(self, name, path):
+    def load(self, name, path=None):
         """Wrap an existing environment (conda prefix, pixi workspace or venv).
 
-        wetlite never deletes a loaded environment's files: ``remove``
-        only forgets it.
+        ``path`` defaults to where this manager would put ``name``.  A name
+        already in use for another environment is refused (remove it first);
+        the same one gives back the same object.  wetlite never deletes a
+        loaded environment's files: ``remove`` only forgets it.
         """
         _check_env_name(name)
-        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        path = os.path.abspath(os.path.expanduser(os.fspath(path) if path is not None else self._env_dir(name)))
         manifest = None
         if os.path.isfile(path) and os.path.basename(path) in ("pixi.toml", "pyproject.toml"):
             manifest = path
@@ -4715,12 +5037,6 @@ class EnvironmentManager(object):
             if tool == "prefix" and not os.path.isdir(prefix):
                 raise SpecError("pixi workspace %r has no installed environment and this manager uses %s; "
                                 "load it with EnvironmentManager(tool='pixi')" % (path, self.tool))
-            if tool == "pixi" and not os.path.isfile(os.path.join(os.path.dirname(manifest), "pixi.lock")):
-                # Activation runs `pixi shell-hook --frozen`, which needs the lock
-                # file; solve it (and install) now, as `pixi run` would.
-                _log().info("pixi workspace %s has no pixi.lock: running pixi install there", path)
-                self._run_tool([self.install_tool(), "install", "--manifest-path", manifest], name, "install",
-                               None, what="pixi install")
         elif os.path.isdir(os.path.join(path, "conda-meta")):
             prefix, tool = path, ("micromamba" if self.tool == "micromamba" else "prefix")
         elif os.path.isfile(os.path.join(path, "pyvenv.cfg")):
@@ -4730,6 +5046,19 @@ class EnvironmentManager(object):
         else:
             raise SpecError("cannot load %r: %s is not an environment (no conda-meta/, pyvenv.cfg or "
                             "pixi.toml)" % (name, path))
+        existing = self.environments.get(name)
+        if existing is not None:
+            if existing.path == prefix:
+                return existing
+            raise SpecError("environment %r is already loaded from %s; call mgr.remove(%r) first, or load %s "
+                            "under another name" % (name, existing.path, name, path))
+        if tool == "pixi" and not os.path.isfile(os.path.join(os.path.dirname(manifest), "pixi.lock")):
+            # Activation runs `pixi shell-hook --frozen`, which needs the lock
+            # file; solve it (and install) now, as `pixi run` would.
+            _log().info("pixi workspace %s has no pixi.lock: running pixi install there", path,
+                        extra={"env_name": name})
+            self._run_tool([self.install_tool(), "install", "--manifest-path", manifest], name, "install",
+                           None, what="pixi install")
         return self._register(Environment(self, name, prefix, tool, manifest=manifest, managed=False))
 
     def get(self, name):
@@ -4772,7 +5101,7 @@ class EnvironmentManager(object):
                     raise SpecError("no environment named %r under %s" % (name, self.root))
                 return
             self._discard(name, record)
-        _log().info("removed environment %r", name)
+        _log().info("removed environment %r", name, extra={"env_name": name})
 
     def exit(self):
         """Stop every worker this manager started."""
@@ -4808,6 +5137,52 @@ def _pixi_manifest_channels(manifest):
         data = data.get("tool", {}).get("pixi", {})
     table = data.get("workspace") or data.get("project") or {}
     return [c if isinstance(c, str) else c.get("channel", "") for c in table.get("channels", [])]
+
+
+_PROXY_KEYS = ("http", "https", "all", "no")
+
+
+def _urllib_proxies(proxies):
+    """proxies= as urllib's ProxyHandler takes them (None: the *_proxy variables)."""
+    if proxies is None:
+        return None
+    found = dict((k, v) for k, v in proxies.items() if k in ("http", "https"))
+    for key in ("http", "https"):
+        if "all" in proxies:
+            found.setdefault(key, proxies["all"])
+    if "no" in proxies:
+        found["no"] = proxies["no"]
+    return found
+
+
+def _masked_proxies(proxies):
+    """Proxies for a message or a log, their passwords hidden."""
+    if not isinstance(proxies, dict):
+        return proxies
+    masked = {}
+    for key, value in proxies.items():
+        if isinstance(value, str):
+            value = _mask_url(value) if "://" in value else "***@" + value.rpartition("@")[2] if "@" in value \
+                else value
+        masked[key] = value
+    return masked
+
+
+def _mambarc_proxies(proxies):
+    """A private rc file with micromamba's proxy_servers, or None: passed after the root's
+    .mambarc, so that a later set_proxies() needs no edit of that shared file."""
+    import json
+    import tempfile
+    servers = dict((k, v) for k, v in proxies.items() if k in ("http", "https"))
+    if "all" in proxies:
+        for key in ("http", "https"):
+            servers.setdefault(key, proxies["all"])
+    if not servers:
+        return None
+    fd, path = tempfile.mkstemp(prefix="proxies-", suffix=".yaml", dir=_scripts_dir())
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("proxy_servers:\n" + "".join("  %s: %s\n" % (k, json.dumps(v)) for k, v in sorted(servers.items())))
+    return path
 
 
 class _NullContext(object):
@@ -5358,7 +5733,7 @@ def _load_path_module(path):
     try:
         stat = os.stat(path)
     except OSError:
-        raise ImportError("no Python file at %s" % path)
+        raise ModuleNotFoundError("no Python file at %s" % path, path=path)
     key = (getattr(stat, "st_mtime_ns", stat.st_mtime), stat.st_size)
     cached = _WorkerState.path_modules.get(path)
     if cached is not None and cached[0] == key:
@@ -6107,6 +6482,7 @@ class _Worker(object):
     def _pump_output(self, stream, is_err):
         logger = _log()
         tag = "[%s%s] %%s" % (self.name, ":stderr" if is_err else "")
+        extra = {"env_name": self.name, "stream": "stderr" if is_err else "stdout"}
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if is_err:
@@ -6117,7 +6493,7 @@ class _Worker(object):
                 except Exception:
                     logger.exception("the output callback of environment %r failed", self.name)
             else:
-                logger.info(tag, line)
+                logger.info(tag, line, extra=extra)
         stream.close()
 
     # -- calls --------------------------------------------------------------
@@ -6695,7 +7071,342 @@ class _RemoteAttribute(object):
         return "<remote %s.%s in environment %r>" % (self._module, self._path, self._env.name)
 
 # =============================================================================
-# 16. Command-line interface
+# 16. Wetlands compatibility
+#    A program written for Wetlands -- the seed's camelCase API (0.2-0.3) or
+#    the 1.x snake_case one -- runs on wetlite once its import line names
+#    wetlite.  This section only maps their names and arguments onto the API
+#    above and does nothing of its own; the README's "Coming from Wetlands"
+#    lists every name.  Wetlands-only names are served by __getattr__, so they
+#    work without cluttering dir() and completion.
+# =============================================================================
+
+def _wrap(method, mapper):
+    """``method`` with its arguments passed through ``mapper(self, args, kwargs)`` first."""
+    def wrapper(self, *args, **kwargs):
+        args, kwargs = mapper(self, args, kwargs)
+        return method(self, *args, **kwargs)
+    for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+        setattr(wrapper, name, getattr(method, name))
+    wrapper.__wrapped__ = method        # inspect.signature() shows wetlite's own
+    return wrapper
+
+
+def _renamed(kwargs, renames):
+    """kwargs with Wetlands' keyword names (camelCase or snake_case) turned into wetlite's."""
+    for theirs, ours in renames.items():
+        if theirs in kwargs:
+            value = kwargs.pop(theirs)
+            if ours in kwargs:
+                raise TypeError("got both %r and %r, which mean the same" % (theirs, ours))
+            kwargs[ours] = value
+    return kwargs
+
+
+_WETLANDS_MANAGER = {
+    "condaPath": "conda_path", "usePixi": "use_pixi", "mainCondaEnvironmentPath": "main_conda_environment_path",
+    "acceptAllCondaPaths": "accept_all_conda_paths", "wetlandsInstancePath": "wetlands_instance_path",
+}
+_WETLANDS_MANAGER_ONLY = ("conda_path", "use_pixi", "main_conda_environment_path", "accept_all_conda_paths",
+                          "wetlands_instance_path", "manager", "debug", "log_file_path")
+
+
+def _manager_arguments(args, kwargs):
+    """EnvironmentManager(conda_path=, usePixi=, wetlands_instance_path=, manager="auto", ...)
+    as (args, kwargs, what to do after __init__)."""
+    args = list(args)
+    if len(args) >= 2 and isinstance(args[1], bool):                    # the seed's (condaPath, usePixi)
+        kwargs.setdefault("use_pixi", args.pop(1))
+    elif len(args) >= 2 and args[1] is not None and args[1] not in _TOOLS:  # 0.3+: (instance_path, conda_path)
+        kwargs.setdefault("conda_path", args.pop(1))
+    kwargs = _renamed(kwargs, _WETLANDS_MANAGER)
+    theirs = dict((k, kwargs.pop(k)) for k in _WETLANDS_MANAGER_ONLY if k in kwargs)
+    if not theirs:
+        return args, kwargs, None
+    if args and theirs.get("wetlands_instance_path") is not None:
+        raise TypeError("the first argument and wetlands_instance_path name the same directory; give one")
+    instance = theirs.get("wetlands_instance_path") or (args.pop(0) if args and "conda_path" in theirs else None)
+    conda = theirs.get("conda_path")
+    tool = kwargs.get("tool") or (args[1] if len(args) > 1 else None)
+    if tool is None:
+        if theirs.get("use_pixi") is not None:
+            tool = "pixi" if theirs["use_pixi"] else "micromamba"
+        elif theirs.get("manager", "auto") != "auto":
+            tool = theirs["manager"]
+        elif conda is not None:         # "auto": the tool the path names, as Wetlands guesses it
+            lowered = os.fspath(conda).lower()
+            tool = "micromamba" if "micromamba" in lowered else "pixi" if "pixi" in lowered else None
+        if tool is not None:
+            kwargs["tool"] = tool
+    if not args and "root" not in kwargs:
+        if conda is not None:
+            kwargs["root"] = conda      # Wetlands' layout under conda_path is wetlite's under root
+        elif instance is not None:
+            kwargs["root"] = os.path.join(os.fspath(instance), tool or kwargs.get("tool") or "pixi")
+    return args, kwargs, {"main": theirs.get("main_conda_environment_path"), "log": theirs.get("log_file_path"),
+                          "instance": instance}
+
+
+def _manager_init(init):
+    def __init__(self, *args, **kwargs):
+        args, kwargs, extra = _manager_arguments(args, kwargs)
+        init(self, *args, **kwargs)
+        if extra:
+            if extra["main"] is not None:       # its conda packages count when the host is checked
+                self.main_environment.path = os.path.abspath(os.fspath(extra["main"]))
+            if extra["log"] is not None:
+                base = os.fspath(extra["instance"]) if extra["instance"] is not None else self.root
+                _log_to_file(os.path.join(base, os.fspath(extra["log"])))
+    for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+        setattr(__init__, name, getattr(init, name))
+    __init__.__wrapped__ = init
+    return __init__
+
+
+def _log_to_file(path):
+    """A file handler on the "wetlite" logger, once per file (what log_file_path= asks for)."""
+    import logging
+    path = os.path.abspath(path)
+    logger = _log()
+    if any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+_WETLANDS_CREATE = {
+    "forceExternal": "force_external", "additionalInstallCommands": "post_install",
+    "additional_install_commands": "post_install", "optionalDependencies": "optional_dependencies",
+    "replace_existing": "replace", "useExisting": "use_existing",
+}
+
+
+def _create_arguments(self, args, kwargs):
+    """create(name, deps, additional_install_commands, forceExternal=, use_existing=, replace_existing=)."""
+    kwargs = _renamed(kwargs, _WETLANDS_CREATE)
+    if "use_existing" in kwargs:        # Wetlands 0.3-1.0: True may hand back an environment that satisfies
+        if "force_external" in kwargs:
+            raise TypeError("use_existing and force_external contradict each other; give one")
+        kwargs["force_external"] = not kwargs.pop("use_existing")
+    args = list(args)
+    if len(args) > 1 and isinstance(args[1], dict) and "local" in args[1]:
+        args[1] = _local_dependencies(args[1], self.tool)
+    if isinstance(kwargs.get("dependencies"), dict) and "local" in kwargs["dependencies"]:
+        kwargs["dependencies"] = _local_dependencies(kwargs["dependencies"], self.tool)
+    return args, kwargs
+
+
+def _local_dependencies(deps, tool):
+    """Wetlands 1.x "local" packages ({"name", "path", "editable"}) as pip entries."""
+    from urllib.request import pathname2url
+    deps = dict(deps)
+    pip = list(deps.get("pip") or [])
+    for item in _as_list(deps.pop("local"), "'local'"):
+        if not isinstance(item, dict) or not item.get("path"):
+            raise SpecError("a 'local' entry must be {'name': ..., 'path': ..., 'editable': ...}, not %r" % (item,))
+        path = os.path.abspath(os.fspath(item["path"]))
+        if item.get("editable", True):
+            if tool == "pixi":
+                raise SpecError("wetlite cannot install %r editable with pixi; give 'editable': False, or use "
+                                "a pixi.toml with { path = ..., editable = true } as config=" % (path,))
+            import shlex
+            pip.append("-e " + shlex.quote(path))
+        else:
+            pip.append("%s @ file://%s" % (item.get("name") or os.path.basename(path), pathname2url(path)))
+    deps["pip"] = pip
+    return deps
+
+
+def _install_arguments(self, args, kwargs):
+    """env.install(deps, additional_install_commands)."""
+    return args, _renamed(kwargs, {"additionalInstallCommands": "post_install",
+                                   "additional_install_commands": "post_install",
+                                   "optionalDependencies": "optional_dependencies"})
+
+
+_COMMAND_KEYWORDS = ("additional_activate_commands", "popen_kwargs", "wait", "log_context", "log")
+
+
+def _execute_commands_arguments(self, args, kwargs):
+    """execute_commands(commands, additional_activate_commands={}, popen_kwargs={}, wait=False,
+    log_context=None, log=True) -- the seed's and 1.x's order, whose second positional is not
+    wetlite's ``wait``: a dict, list or string there is Wetlands' activate commands."""
+    kwargs = _renamed(kwargs, {"additionalActivateCommands": "additional_activate_commands",
+                               "popenKwargs": "popen_kwargs", "logContext": "log_context"})
+    if len(args) > 1 and isinstance(args[1], (dict, list, tuple, str)):
+        if len(args) > 1 + len(_COMMAND_KEYWORDS):
+            raise TypeError("execute_commands() takes at most %d positional arguments" % (1 + len(_COMMAND_KEYWORDS)))
+        for name, value in zip(_COMMAND_KEYWORDS, args[1:]):
+            if name in kwargs:
+                raise TypeError("execute_commands() got multiple values for %r" % name)
+            kwargs[name] = value
+        args = args[:1]
+    elif len(args) > 1 and not isinstance(args[1], bool) and args[1] is not None:
+        raise SpecError("execute_commands(commands, wait, ...): wait must be True or False, not %r" % (args[1],))
+    kwargs.pop("log_context", None)
+    before = kwargs.pop("additional_activate_commands", None)
+    if before:
+        args = (_commands_before(before, args[0] if args else kwargs.pop("commands")),) + tuple(args[1:])
+    return args, kwargs
+
+
+def _commands_before(first, then):
+    """Commands (str, list or platform dict) that run ``first``, then ``then``, on each platform."""
+    return dict((target, _command_list(first, target) + _command_list(then, target))
+                for target in ("linux", "mac", "windows"))
+
+
+def _launch_arguments(self, args, kwargs):
+    """launch(additional_activate_commands={}): wetlite starts the worker without a shell."""
+    activate = kwargs.pop("additional_activate_commands", kwargs.pop("additionalActivateCommands", None))
+    if args and isinstance(args[0], (dict, list, tuple, str)):
+        activate, args = args[0], args[1:]
+    if activate:
+        raise SpecError("wetlite starts the worker directly, not from a shell script, so it cannot run "
+                        "additional_activate_commands %r before it; set variables with os.environ in the "
+                        "called code, or ask for an environment variable hook" % (activate,))
+    return args, kwargs
+
+
+def _wetlands_environment(self, environment):
+    """The Environment a Wetlands manager method means: an Environment, a name, a path, or None (main)."""
+    if environment is None:
+        return self.main_environment
+    if isinstance(environment, Environment):
+        return environment
+    text = os.fspath(environment)
+    if text in self.environments:
+        return self.environments[text]
+    if os.sep in text or (os.altsep and os.altsep in text) or os.path.exists(text):
+        path = os.path.abspath(text)
+        for env in self.environments.values():
+            if path in (env.path, env.manifest, os.path.dirname(env.manifest or "")):
+                return env
+        return self.load(os.path.basename(os.path.dirname(path) if os.path.isfile(path) else path), path)
+    return self.get(text)
+
+
+def _environment_exists(self, environment):
+    """Whether an environment (a name under root, a path, or an Environment) exists on disk."""
+    if isinstance(environment, Environment):
+        return os.path.isdir(environment.path)
+    text = os.fspath(environment)
+    if text in self.environments:
+        return os.path.isdir(self.environments[text].path)
+    if not (os.sep in text or (os.altsep and os.altsep in text) or os.path.exists(text)):
+        record = _read_json(self._record_path(text)) if _valid_env_name(text) else None
+        return bool(record and record.get("state") == "ready" and os.path.isdir(record.get("prefix") or ""))
+    path = os.path.abspath(text)
+    workspace = os.path.dirname(path) if os.path.isfile(path) else path
+    return (os.path.isdir(os.path.join(path, "conda-meta")) or os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+            or os.path.isdir(os.path.join(workspace, ".pixi", "envs", "default", "conda-meta")))
+
+
+def _valid_env_name(name):
+    try:
+        _check_env_name(name)
+    except SpecError:
+        return False
+    return True
+
+
+def _manager_install(self, environment, dependencies=None, additional_install_commands=None, **kwargs):
+    """install(environment, dependencies, additional_install_commands)."""
+    return _wetlands_environment(self, environment).install(dependencies, additional_install_commands, **kwargs)
+
+
+def _manager_execute_commands(self, environment, commands, *args, **kwargs):
+    """execute_commands(environment, commands, additional_activate_commands={}, popen_kwargs={}, wait=False,
+    log_context=None, log=True): at this level, Wetlands logs the output unless told not to."""
+    if len(args) > len(_COMMAND_KEYWORDS):
+        raise TypeError("execute_commands() takes at most %d positional arguments" % (2 + len(_COMMAND_KEYWORDS)))
+    for name, value in zip(_COMMAND_KEYWORDS, args):
+        if name in kwargs:
+            raise TypeError("execute_commands() got multiple values for %r" % name)
+        kwargs[name] = value
+    kwargs.setdefault("log", True)
+    return _wetlands_environment(self, environment).execute_commands(commands, **kwargs)
+
+
+def _create_from_config(self, name, config_path, optional_dependencies=None, additional_install_commands=None,
+                        *args, **kwargs):
+    """create_from_config(name, config_path, optional_dependencies, additional_install_commands, ...)."""
+    for unsupported in ("install_project", "project_path", "project_editable"):
+        if kwargs.pop(unsupported, None):
+            raise SpecError("%s= is not supported: add the project to 'pip' (for example '-e %s')"
+                            % (unsupported, os.path.dirname(os.path.abspath(os.fspath(config_path)))))
+    if args:                            # 0.3-1.0: the fifth is use_existing
+        kwargs["use_existing"] = args[0]
+    return self.create(name, None, additional_install_commands, config=config_path,
+                       optional_dependencies=optional_dependencies, **kwargs)
+
+
+def _launched(self):
+    """Whether the worker runs (the main environment always "runs")."""
+    if self.tool == "main":
+        return True
+    worker = self._worker
+    return worker is not None and worker.dead is None and not worker._closed
+
+
+def _update(self, dependencies=None, additional_install_commands=None, use_existing=None):
+    """update(dependencies): rebuild under the same name, as Wetlands' delete() then create()."""
+    return self.manager.create(self.name, dependencies, additional_install_commands, force_external=True,
+                               replace=True)
+
+
+def _bound(function):
+    return lambda self: function.__get__(self, type(self))
+
+
+_WETLANDS_MANAGER_NAMES = {
+    "mainEnvironment": lambda self: self.main_environment,
+    "getInstalledPackages": _bound(lambda self, environment: _wetlands_environment(self, environment).packages()),
+    "environmentExists": _bound(_environment_exists),
+    "setProxies": _bound(lambda self, proxies: self.set_proxies(proxies)),
+    "createFromConfig": _bound(_create_from_config),
+    "executeCommands": _bound(_manager_execute_commands),
+    "installConda": _bound(lambda self: self.install_tool()),
+    "install": _bound(_manager_install),
+}
+for _camel, _snake in (("getInstalledPackages", "get_installed_packages"), ("environmentExists", "environment_exists"),
+                       ("createFromConfig", "create_from_config"), ("executeCommands", "execute_commands"),
+                       ("installConda", "install_conda")):
+    _WETLANDS_MANAGER_NAMES[_snake] = _WETLANDS_MANAGER_NAMES[_camel]
+_WETLANDS_ENVIRONMENT_NAMES = {"launched": _bound(_launched), "delete": _bound(lambda self: self.manager.remove(self.name)),
+                               "update": _bound(_update)}
+_WETLANDS_UNSUPPORTED = ("setCondaPath", "set_conda_path", "getProcessLogger", "get_process_logger",
+                         "registerEnvironment", "register_environment", "attach", "launch_or_attach", "detach",
+                         "submit_script", "map_tasks")
+
+
+def _wetlands_getattr(names):
+    def __getattr__(self, name):
+        found = names.get(name)
+        if found is not None:
+            return found(self)
+        if name in _WETLANDS_UNSUPPORTED:
+            raise AttributeError("%s has no %r: wetlite does not do what it does in Wetlands; see \"Coming from "
+                                 "Wetlands\" in wetlite's README" % (type(self).__name__, name))
+        raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
+    return __getattr__
+
+
+EnvironmentManager.__init__ = _manager_init(EnvironmentManager.__init__)
+EnvironmentManager.create = _wrap(EnvironmentManager.create, _create_arguments)
+EnvironmentManager.__getattr__ = _wetlands_getattr(_WETLANDS_MANAGER_NAMES)
+Environment.install = _wrap(Environment.install, _install_arguments)
+Environment.execute_commands = Environment.executeCommands = _wrap(Environment.execute_commands,
+                                                                    _execute_commands_arguments)
+Environment.launch = _wrap(Environment.launch, _launch_arguments)
+_MainEnvironment.launch = _wrap(_MainEnvironment.launch, _launch_arguments)
+Environment.__getattr__ = _wetlands_getattr(_WETLANDS_ENVIRONMENT_NAMES)
+
+# =============================================================================
+# 17. Command-line interface
 #    A thin adapter: every command is one or two public API calls.
 #    Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.
 # =============================================================================
@@ -7002,7 +7713,7 @@ def main(argv=None):
 
 
 # =============================================================================
-# 17. Entry point
+# 18. Entry point
 # =============================================================================
 
 if __name__ == "__main__":

@@ -213,12 +213,17 @@ def test_config_files_by_tool(tmp_path):
     cfg = wetlite._read_config(yml, "pixi")
     assert (cfg["kind"], cfg["python"], cfg["conda"], cfg["pip"]) == ("environment", "=3.10", ["numpy"], ["rich"])
     assert "'numpy'" in spec_error(wetlite._read_config, yml, "venv")
-    toml = write(tmp_path / "pixi.toml", "[workspace]\n")
-    assert "tool='pixi'" in spec_error(wetlite._read_config, toml, "micromamba")
+    toml = write(tmp_path / "pixi.toml", "[workspace]\nchannels = ['./chan']\n[dependencies]\npython = '3.11.*'\n"
+                                          "numpy = '>=1.26'\n")
+    cfg = wetlite._read_config(toml, "micromamba")
+    assert (cfg["python"], cfg["conda"], cfg["channels"], cfg["manifest"]) == (
+        "3.11.*", ["numpy>=1.26"], [str(tmp_path / "chan")], False)
+    assert "'numpy>=1.26'" in spec_error(wetlite._read_config, toml, "venv")
     assert "setup.cfg" in spec_error(wetlite._read_config, str(tmp_path / "setup.cfg"), "pixi")
     assert "does not exist" in spec_error(wetlite._read_config, str(tmp_path / "requirements.txt"), "venv")
     (tmp_path / "pixi.lock").write_text("version: 6\n")
-    assert wetlite._read_config(toml, "pixi")["files"] == [toml, str(tmp_path / "pixi.lock")]
+    assert wetlite._read_config(toml, "pixi", manifest=True)["files"] == [toml, str(tmp_path / "pixi.lock")]
+    assert wetlite._read_config(toml, "pixi")["files"] == [toml]
 
 
 # --- recipes and reuse identity -------------------------------------------------

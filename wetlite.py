@@ -7280,7 +7280,7 @@ def _wetlands_environment(self, environment):
     text = os.fspath(environment)
     if text in self.environments:
         return self.environments[text]
-    if os.sep in text or (os.altsep and os.altsep in text) or os.path.exists(text):
+    if _is_path(environment):
         path = os.path.abspath(text)
         for env in self.environments.values():
             if path in (env.path, env.manifest, os.path.dirname(env.manifest or "")):
@@ -7296,13 +7296,19 @@ def _environment_exists(self, environment):
     text = os.fspath(environment)
     if text in self.environments:
         return os.path.isdir(self.environments[text].path)
-    if not (os.sep in text or (os.altsep and os.altsep in text) or os.path.exists(text)):
+    if not _is_path(environment):
         record = _read_json(self._record_path(text)) if _valid_env_name(text) else None
         return bool(record and record.get("state") == "ready" and os.path.isdir(record.get("prefix") or ""))
     path = os.path.abspath(text)
     workspace = os.path.dirname(path) if os.path.isfile(path) else path
     return (os.path.isdir(os.path.join(path, "conda-meta")) or os.path.isfile(os.path.join(path, "pyvenv.cfg"))
             or os.path.isdir(os.path.join(workspace, ".pixi", "envs", "default", "conda-meta")))
+
+
+def _is_path(value):
+    """A Path, or a string with a directory separator (a bare word is an environment's name)."""
+    text = os.fspath(value)
+    return not isinstance(value, str) or os.sep in text or bool(os.altsep and os.altsep in text)
 
 
 def _valid_env_name(name):

@@ -5219,9 +5219,12 @@ def _json_dumps(obj):
 #                      ("exit",)
 #      worker -> host  ("ok", id, pickled result)
 #                      ("err", id, error dict)         see _error_info()
+#      both ways       ("release", names)              done with these shared-memory segments
 #
 #    Arguments and results are pickled separately from the envelope, so an
 #    object that cannot cross fails that call alone, with a clear error.
+#    A payload is bytes, or ("ext", bytes, refs, numpy version) when it has
+#    big buffers or NumPy objects: see "Large buffers through shared memory".
 #    Calls run on the worker's main thread in order.  The worker's stdout
 #    and stderr are pipes the host reads line by line: prints never touch the
 #    protocol.  On POSIX a "lifeline" pipe, whose write end only the host
@@ -5640,6 +5643,8 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
                 reply = _handle(message, protocol, pool, cache)
             finally:
                 _WorkerState.current = None
+            if cache is not None and cache.freed:      # the host's segments this call is done with
+                conn.send_bytes(dumps(("release", cache.drain()), protocol))
             conn.send_bytes(reply)
             if _WorkerState.exiting:
                 return True
@@ -5777,24 +5782,31 @@ def _run_script(path, *args, **kwargs):
 #    With pickle protocol 5 on both sides and multiprocessing.shared_memory
 #    available, a buffer of at least _SHM_THRESHOLD bytes (a NumPy array, a
 #    large bytes, bytearray or memoryview) travels out of band: the sender
-#    copies it into a segment of its own pool and sends ("shm", pickle, refs)
-#    instead of bytes, refs being (segment name, size, kind).  Each segment
-#    has one owner, which alone unlinks it.  Segments are reused from call
-#    to call, because faulting in fresh pages costs more than the copy.
+#    copies it into a segment of its own pool and sends ("ext", pickle, refs,
+#    numpy version) instead of bytes, refs being (segment name, size, kind).
+#    Each segment has one owner, which alone unlinks it.  Segments are reused
+#    from call to call, because faulting in fresh pages costs more than the
+#    copy.
 #
-#    - The receiver copies each buffer out into memory it owns before it
-#      answers (arguments and results are ordinary objects, never views of
-#      a segment that will be reused), so a segment is free again as soon
-#      as its message is answered: arguments when the reply arrives,
-#      results when the host sends ("release", names).
-#    - Kinds: "copy" (rebuilt as bytes/bytearray, which copy anyway: the
-#      receiver hands them the segment), "own" and "keep" (anything else,
-#      e.g. NumPy, which keeps a reference to its buffer: an owned copy).
+#    - The receiver tells the owner when it is done with a segment: a
+#      ("release", names) message (the worker sends it before its reply, the
+#      host before its next request).  Until then the owner does not touch it.
+#    - Kinds: "lend" (a NumPy array's bytes): on POSIX the receiver builds
+#      the array over the segment itself, no copy.  The array's memory is
+#      "lent": the segment is released when the array and every view of it
+#      are gone (a weakref on the uint8 array they all hang on; any buffer
+#      taken from them keeps it alive).  A receiver lends at most
+#      _SHM_LEND_LIMIT bytes at once and copies beyond: an array that is
+#      kept keeps its segment, and the owner must fault in a fresh one.
+#      "copy" (rebuilt as bytes/bytearray, which copy anyway: the receiver
+#      hands them the segment), "own" and "keep" (a memoryview, or another
+#      library's out-of-band buffer: an owned copy).
 #    No shared memory (Python < 3.8, a tiny /dev/shm, WETLITE_SHM=0): every
 #    buffer goes in-band, and calls still work.
 
 _SHM_THRESHOLD = 1 << 20        # bytes; see scripts/bench.py "shm threshold" for the measurement
 _SHM_POOL_LIMIT = 1 << 30       # free segment bytes a pool keeps mapped for reuse
+_SHM_LEND_LIMIT = 256 << 20     # bytes a receiver keeps lent from the other side's segments at once
 _ENV_SHM = "WETLITE_SHM"        # "0" turns shared memory off
 
 
@@ -5837,17 +5849,40 @@ def _shm_open(name, size=0):
     return shm
 
 
-def _shm_unlink(shm):
-    """Close and unlink a segment without telling the resource tracker."""
+def _shm_attach(name):
+    """Map the other side's segment ``name``: a plain mmap on POSIX.
+
+    An mmap, unlike a SharedMemory, can be dropped while arrays still view
+    it: it stays mapped until they go, and it never complains.  (Windows:
+    a SharedMemory, and arrays are copied out, never lent.)
+    """
+    if _WINDOWS:
+        return _shm_open(name)
+    import _posixshmem
+    import mmap
+    fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0o600)
     try:
-        shm.close()
+        return mmap.mmap(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _shm_unlink(shm):
+    """Close and unlink a segment (a SharedMemory, or an attached mmap and
+    its name) without telling the resource tracker."""
+    if type(shm) is tuple:
+        mapping, name = shm
+    else:
+        mapping, name = shm, getattr(shm, "_name", "/" + shm.name)
+    try:
+        mapping.close()
     except BufferError:
         pass                    # a view of it is still alive; the memory goes with it
     if _WINDOWS:
         return                  # a Windows mapping ends with its last handle
     try:
         import _posixshmem
-        _posixshmem.shm_unlink(getattr(shm, "_name", "/" + shm.name))
+        _posixshmem.shm_unlink(name)
     except (ImportError, OSError):
         pass
 
@@ -5873,7 +5908,7 @@ class _ShmPool(object):
         self.lock = threading.RLock()       # the host takes and releases from several threads
         self._count = 0
         self.free = []
-        self.busy = {}          # name -> SharedMemory in use by a message in flight
+        self.busy = {}          # name -> SharedMemory in use by a message in flight, or lent
 
     def take(self, size):
         """A segment of at least ``size`` bytes, or None (then the caller goes in-band)."""
@@ -5928,34 +5963,78 @@ class _ShmCache(object):
 
     At most ``limit`` stay mapped, least recently used first out: the owner
     may have unlinked a segment, and a mapping would keep its memory alive.
+    ``freed`` collects the names this side is done with, for the owner; it
+    is a deque because a lent array may die on any thread, at any moment
+    (a garbage collection), where only an atomic append is safe.
     """
 
     limit = 32
 
     def __init__(self):
+        import _thread
         import collections
-        self.maps = collections.OrderedDict()
+        self.maps = collections.OrderedDict()   # name -> mmap (POSIX) or SharedMemory (Windows)
+        self.lock = _thread.allocate_lock()     # the host decodes on several threads
+        self.lent = {}                          # name -> (weakref to the array over it, size)
+        self.freed = collections.deque()
+
+    def _mapping(self, name):
+        with self.lock:
+            mapping = self.maps.pop(name, None)
+            if mapping is None:
+                mapping = _shm_attach(name)
+                while len(self.maps) >= self.limit:
+                    _, old = self.maps.popitem(last=False)
+                    try:
+                        old.close()
+                    except BufferError:
+                        pass        # lent: the arrays keep it mapped until they go
+            self.maps[name] = mapping
+            return mapping
 
     def view(self, name, size):
-        shm = self.maps.pop(name, None)
-        if shm is None:
-            shm = _shm_open(name)
-            while len(self.maps) >= self.limit:
-                _, old = self.maps.popitem(last=False)
-                try:
-                    old.close()
-                except BufferError:
-                    pass
-        self.maps[name] = shm
-        return shm.buf[:size]
+        mapping = self._mapping(name)
+        return (mapping.buf if _WINDOWS else memoryview(mapping))[:size]
+
+    def lend(self, name, size):
+        """A NumPy uint8 array over segment ``name``, or None: copy it out.
+
+        Everything built on it (arrays, their views, memoryviews of them)
+        holds it, so its weakref fires only when the last of them is gone:
+        then the segment goes to ``freed``.
+        """
+        if _WINDOWS or name in self.lent or sum(s for _, s in list(self.lent.values())) + size > _SHM_LEND_LIMIT:
+            return None
+        try:
+            import numpy
+        except ImportError:
+            return None
+        import weakref
+        raw = numpy.frombuffer(self.view(name, size), numpy.uint8)
+        lent, freed = self.lent, self.freed
+
+        def done(ref):
+            lent.pop(name, None)
+            freed.append(name)
+        lent[name] = (weakref.ref(raw, done), size)
+        return raw
+
+    def drain(self):
+        """The names freed so far (emptying ``freed``; safe against concurrent appends)."""
+        names = []
+        while True:
+            try:
+                names.append(self.freed.popleft())
+            except IndexError:
+                return names
 
     def close(self, unlink=False):
-        for shm in self.maps.values():
+        for name, mapping in self.maps.items():
             if unlink:          # the owner died: its segments are ours to free
-                _shm_unlink(shm)
+                _shm_unlink(mapping if _WINDOWS else (mapping, "/" + name))
             else:
                 try:
-                    shm.close()
+                    mapping.close()
                 except BufferError:
                     pass
         self.maps = {}
@@ -6055,31 +6134,62 @@ def _plain(obj, depth=3):
 
 
 def _dumps_payload(obj, protocol, pool):
-    """Pickle ``obj``: bytes, or ("shm", bytes, refs) with big buffers in ``pool``."""
-    pickle = _lean("_pickle", "pickle")
-    if pool is None or _plain(obj):
+    """Pickle ``obj`` for the other side.
+
+    Plain data: bytes.  Else ("ext", bytes, refs, numpy version), with big
+    buffers in ``pool`` segments (listed in refs) and, when NumPy is loaded,
+    NumPy arrays and scalars in their version-neutral form.
+    """
+    numpy = sys.modules.get("numpy")
+    if _plain(obj) or (pool is None and numpy is None):
         try:
-            return pickle.dumps(obj, protocol)
+            return _lean("_pickle", "pickle").dumps(obj, protocol)
         except TypeError:
-            return _dumps_with_reducers(obj, protocol, None)
+            return _dumps_with_reducers(obj, protocol, None, None, None)     # a memoryview
+    table = _numpy_dispatch_table(numpy, protocol) if numpy is not None else None
     refs = []
     try:
-        data = pickle.dumps(obj, protocol, buffer_callback=_out_of_band(pool, refs))
-    except TypeError:
-        data = None             # a memoryview: the reducers below know it
+        try:
+            data = _pickled(obj, protocol, _out_of_band(pool, refs) if pool is not None else None, table)
+        except TypeError:
+            data = None             # a memoryview: the reducers below know it
+        if data is None or (pool is not None and len(data) >= _SHM_THRESHOLD and _has_big_bytes(obj)):
+            if refs:                # big bytes in-band: start over with the reducers
+                pool.release([r[0] for r in refs])
+                del refs[:]
+            data = _dumps_with_reducers(obj, protocol, pool, refs, table)
     except BaseException:
-        pool.release([r[0] for r in refs])
+        if refs:
+            pool.release([r[0] for r in refs])
         raise
-    if data is not None and (len(data) < _SHM_THRESHOLD or not _has_big_bytes(obj)):
-        return ("shm", data, refs) if refs else data
-    pool.release([r[0] for r in refs])      # big bytes in-band: start over with the reducers
-    return _dumps_with_reducers(obj, protocol, pool)
+    if numpy is None and not refs:
+        return data
+    return ("ext", data, refs, getattr(numpy, "__version__", None))
+
+
+def _pickled(obj, protocol, buffer_callback, table):
+    """The C pickler, with a buffer callback and a dispatch table if given."""
+    pickle = _lean("_pickle", "pickle")
+    if table is None:
+        if buffer_callback is None:
+            return pickle.dumps(obj, protocol)
+        return pickle.dumps(obj, protocol, buffer_callback=buffer_callback)
+    import io
+    stream = io.BytesIO()
+    if buffer_callback is None:
+        pickler = pickle.Pickler(stream, protocol)      # (3.6 and 3.7 know no buffer_callback)
+    else:
+        pickler = pickle.Pickler(stream, protocol, buffer_callback=buffer_callback)
+    pickler.dispatch_table = table
+    pickler.dump(obj)
+    return stream.getvalue()
 
 
 def _out_of_band(pool, refs, kinds=None):
     """A pickle buffer_callback: big buffers go into ``pool`` segments, listed in ``refs``.
 
-    ``kinds`` maps id(PickleBuffer) to the kind the reducers gave it.
+    ``kinds`` maps id(PickleBuffer) to the kind the reducers gave it; a
+    NumPy array's own buffer is "lend", any other "keep".
     """
     def callback(buffer):
         raw = buffer.raw()
@@ -6088,7 +6198,14 @@ def _out_of_band(pool, refs, kinds=None):
         if segment is None:
             return True                         # in-band
         segment.buf[:size] = raw
-        refs.append((segment.name, size, kinds.get(id(buffer), ("keep",))[0] if kinds else "keep"))
+        kind = kinds.get(id(buffer)) if kinds else None
+        if kind is not None:
+            kind = kind[0]
+        else:
+            with memoryview(buffer) as view:
+                numpy = sys.modules.get("numpy")
+                kind = "lend" if numpy is not None and isinstance(view.obj, numpy.ndarray) else "keep"
+        refs.append((segment.name, size, kind))
         return False
     return callback
 
@@ -6113,38 +6230,255 @@ def _has_big_bytes(obj, budget=10000):
     return False
 
 
-def _dumps_with_reducers(obj, protocol, pool):
+def _dumps_with_reducers(obj, protocol, pool, refs, table):
+    """Pickle with the pure-Python OutOfBandPickler (memoryviews, big bytes)."""
     import io
     stream = io.BytesIO()
     cls = _oob_pickler_class()
     if pool is None:
-        cls(stream, protocol).dump(obj)
-        return stream.getvalue()
-    refs = []
-    kinds = {}
-    pickler = cls(stream, protocol, buffer_callback=_out_of_band(pool, refs, kinds))
-    pickler.kinds = kinds
-    try:
-        pickler.dump(obj)
-    except BaseException:
-        pool.release([r[0] for r in refs])
-        raise
-    return ("shm", stream.getvalue(), refs) if refs else stream.getvalue()
+        pickler = cls(stream, protocol)
+    else:
+        kinds = {}
+        pickler = cls(stream, protocol, buffer_callback=_out_of_band(pool, refs, kinds))
+        pickler.kinds = kinds
+    if table is not None:
+        pickler.dispatch_table = table
+    pickler.dump(obj)
+    return stream.getvalue()
 
 
 def _loads_payload(payload, cache):
-    """Unpickle a ("shm", data, refs) payload, copying its buffers out of the segments."""
-    pickle = _lean("_pickle", "pickle")
+    """Unpickle an ("ext", data, refs, numpy version) payload (see _dumps_payload).
+
+    NumPy arrays are built over the sender's segment where this side can
+    lend it; other buffers are copied out.  Every segment named ends up in
+    ``cache.freed``: at once, or when the arrays lent its memory are gone.
+    """
     data, refs = payload[1], payload[2]
     buffers = []
-    for name, size, kind in refs:
-        view = cache.view(name, size)
-        if kind == "copy":
-            buffers.append(view)                # bytes()/bytearray() copy it themselves
-        else:
-            buffers.append(_owned_copy(view))
-            view.release()
-    return pickle.loads(data, buffers=buffers)
+    done = []
+    try:
+        for name, size, kind in refs:
+            buffer = cache.lend(name, size) if kind == "lend" else None
+            if buffer is None:
+                done.append(name)
+                view = cache.view(name, size)
+                if kind == "copy":
+                    buffer = view               # bytes()/bytearray() copy it themselves
+                else:
+                    buffer = _owned_copy(view)
+                    view.release()
+            buffers.append(buffer)
+        return _unpickle(data, buffers, payload[3] if len(payload) > 3 else None)
+    finally:
+        for buffer in buffers:
+            if type(buffer) is memoryview:
+                try:
+                    buffer.release()
+                except BufferError:
+                    pass
+        # No reference left here, even from a traceback: a lent array that
+        # did not make it into the result goes (and frees its segment) now.
+        buffer = buffers = None
+        if cache is not None:
+            cache.freed.extend(done)
+
+
+# --- NumPy arrays and scalars across versions ---------------------------------
+#
+#    Pickle records NumPy's internal module paths, which moved in NumPy 2
+#    (numpy.core became numpy._core): a pickled array does not cross between
+#    NumPy versions.  So when numpy is loaded (wetlite never imports it: no
+#    numpy in sys.modules means no arrays to send), a payload's pickler gets
+#    a dispatch table that writes exact ndarrays and NumPy scalars as calls
+#    to _wetlite_neutral: a dtype spec made of builtins, the shape, the
+#    strides when not C-contiguous, and the bytes (a PickleBuffer: out of
+#    band, through shared memory when big).  A non-contiguous view is
+#    copied first (order "K": its own layout, no gaps).  The receiver
+#    rebuilds them with NumPy's public API only: numpy.dtype(spec) and
+#    numpy.ndarray(shape, dtype, buffer, strides=...).  Its unpickler maps
+#    that one global by name, whatever the sender's module is called (a
+#    vendored copy, __main__).
+#    Object arrays, ndarray subclasses (matrix, masked arrays, memmap,
+#    recarray) and other libraries' dtypes keep NumPy's own pickle, which
+#    needs the same NumPy on both sides: when it fails, the error says so.
+
+_NEUTRAL_KINDS = "biufcmMSUV"       # bool, ints, floats, complex, datetimes, bytes, str, void
+_NUMPY_TABLES = {}                  # (protocol >= 5, copyreg entries) -> (numpy, dispatch table)
+
+
+def _numpy_dispatch_table(numpy, protocol):
+    """copyreg's dispatch table, plus exact ndarrays and NumPy scalar types."""
+    import copyreg
+    key = (protocol >= 5, len(copyreg.dispatch_table))
+    cached = _NUMPY_TABLES.get(key)
+    if cached is not None and cached[0] is numpy:
+        return cached[1]
+    table = dict(copyreg.dispatch_table)
+    array, scalar = _neutral_reducers(numpy, protocol)
+    table[numpy.ndarray] = array
+    stack = [numpy.generic]
+    while stack:                        # every concrete scalar type NumPy defines
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__module__ == "numpy" and cls is not numpy.object_:
+            table[cls] = scalar
+    _NUMPY_TABLES[key] = (numpy, table)
+    return table
+
+
+def _neutral_reducers(numpy, protocol):
+    """The reduce functions for exact ndarrays and for NumPy scalars."""
+    if protocol >= 5:
+        as_buffer = _lean("_pickle", "pickle").PickleBuffer
+    else:
+        def as_buffer(dense):
+            return dense.tobytes()
+
+    def array(a):
+        spec = _dtype_spec(a.dtype)
+        if spec is None:
+            return a.__reduce_ex__(protocol)
+        writeable = bool(a.flags.writeable)
+        if a.size == 0 or a.itemsize == 0:
+            return _wetlite_neutral, ("a", spec, a.shape, None, b"", writeable)
+        if not (a.flags.c_contiguous or a.flags.f_contiguous):
+            a = a.copy(order="K")       # compact, in the view's own axis order
+        strides = None
+        dense = a
+        if not a.flags.c_contiguous:
+            strides = a.strides
+            axes = sorted(range(a.ndim), key=lambda i: abs(a.strides[i]), reverse=True)
+            dense = a.transpose(axes)   # the same memory, seen in C order
+            if not dense.flags.c_contiguous:
+                strides, dense = None, numpy.ascontiguousarray(a)
+        data = as_buffer(dense.reshape(-1).view(numpy.uint8))    # (datetimes export no buffer)
+        return _wetlite_neutral, ("a", spec, a.shape, strides, data, writeable)
+
+    def scalar(x):
+        spec = _dtype_spec(x.dtype)
+        if spec is None:
+            return x.__reduce_ex__(protocol)
+        return _wetlite_neutral, ("s", spec, x.tobytes())
+    return array, scalar
+
+
+def _dtype_spec(dtype):
+    """A NumPy dtype as builtins that any NumPy rebuilds, or None (not neutral).
+
+    A str for a plain dtype (its .str: "<f8", ">i4", "<M8[ns]", "<U5",
+    "|S3", "|V16"), ("sub", spec, shape) for a subarray, and ("struct",
+    names, formats, offsets, itemsize, titles, aligned, record) for a
+    structured dtype.
+    """
+    if dtype.names is not None:
+        formats, offsets, titles = [], [], []
+        for name in dtype.names:
+            field = dtype.fields[name]
+            spec = _dtype_spec(field[0])
+            if spec is None:
+                return None
+            formats.append(spec)
+            offsets.append(field[1])
+            titles.append(field[2] if len(field) > 2 else None)
+        return ("struct", list(dtype.names), formats, offsets, dtype.itemsize, titles,
+                bool(dtype.isalignedstruct), dtype.type.__name__ == "record")
+    if dtype.subdtype is not None:
+        spec = _dtype_spec(dtype.subdtype[0])
+        return None if spec is None else ("sub", spec, list(dtype.subdtype[1]))
+    if dtype.kind not in _NEUTRAL_KINDS or dtype.hasobject or dtype.type.__module__ != "numpy":
+        return None
+    return dtype.str
+
+
+def _spec_dtype(numpy, spec):
+    """The dtype a _dtype_spec() describes, built by this side's NumPy."""
+    if not isinstance(spec, tuple):
+        try:
+            return numpy.dtype(spec)
+        except TypeError:
+            if spec[1:2] in ("f", "c"):
+                raise ValueError(
+                    "a NumPy %s array of %s bytes per value cannot be rebuilt here, where longdouble is %d bytes "
+                    "(its size depends on the platform): convert it to float64 or complex128 before sending it"
+                    % ("longdouble" if spec[1] == "f" else "clongdouble", spec[2:],
+                       numpy.dtype(numpy.longdouble).itemsize))
+            raise ValueError("NumPy %s cannot rebuild the dtype %r sent by the other side"
+                             % (numpy.__version__, spec))
+    if spec[0] == "sub":
+        return numpy.dtype((_spec_dtype(numpy, spec[1]), tuple(spec[2])))
+    names, formats, offsets, itemsize, titles, aligned, record = spec[1:]
+    layout = {"names": names, "formats": [_spec_dtype(numpy, f) for f in formats],
+              "offsets": offsets, "itemsize": itemsize}
+    if any(t is not None for t in titles):
+        layout["titles"] = titles
+    dtype = numpy.dtype(layout, align=aligned)
+    return numpy.dtype((numpy.record, dtype)) if record else dtype
+
+
+def _wetlite_neutral(kind, spec, *fields):
+    """Rebuild a NumPy array ("a") or scalar ("s") sent by _neutral_reducers."""
+    try:
+        import numpy
+    except ImportError as exc:
+        raise ImportError("NumPy arrays were sent, but NumPy cannot be imported here (%s)" % exc)
+    dtype = _spec_dtype(numpy, spec)
+    if kind == "s":
+        if not dtype.itemsize:
+            return numpy.zeros((), dtype)[()]
+        return numpy.ndarray((), dtype, buffer=fields[0])[()]
+    shape, strides, data, writeable = fields
+    if strides is None and not len(data):
+        return numpy.empty(shape, dtype)
+    array = numpy.ndarray(shape, dtype, buffer=data, strides=strides)
+    if not writeable:
+        array.flags.writeable = False
+    elif not array.flags.writeable:
+        array = array.copy(order="K")       # bytes (protocol 4): readonly
+    return array
+
+
+_NEUTRAL_UNPICKLER = None
+
+
+def _unpickle(data, buffers, sender_numpy):
+    """Unpickle a payload that may hold _wetlite_neutral calls; explain NumPy version mismatches."""
+    global _NEUTRAL_UNPICKLER
+    pickle = _lean("_pickle", "pickle")
+    if _NEUTRAL_UNPICKLER is None:
+        class NeutralUnpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if name == "_wetlite_neutral":
+                    return _wetlite_neutral
+                return pickle.Unpickler.find_class(self, module, name)
+        _NEUTRAL_UNPICKLER = NeutralUnpickler
+    import io
+    stream = io.BytesIO(data)
+    unpickler = _NEUTRAL_UNPICKLER(stream, buffers=buffers) if buffers else _NEUTRAL_UNPICKLER(stream)
+    try:
+        return unpickler.load()
+    except Exception as exc:
+        hint = _numpy_mismatch(sender_numpy, exc)
+        if hint is None:
+            raise
+        raise ValueError(hint)
+    finally:
+        unpickler = buffers = None          # (see _loads_payload)
+
+
+def _numpy_mismatch(sender_numpy, exc):
+    """Why unpickling failed, if it is NumPy's own pickle across versions (else None)."""
+    local = sys.modules.get("numpy")
+    here = getattr(local, "__version__", None)
+    if sender_numpy is None or here == sender_numpy:
+        return None
+    if "numpy" not in str(exc) and not (getattr(exc, "name", None) or "").startswith("numpy"):
+        return None
+    return ("NumPy objects that only NumPy's own pickle carries were sent by NumPy %s and cannot be read by %s "
+            "here (%s: %s). Plain arrays and NumPy scalars cross between NumPy versions; object arrays and "
+            "ndarray subclasses (matrix, masked arrays, memmap, recarray) need the same NumPy on both sides: "
+            "convert them first (numpy.asarray(x), or x.astype(...) for object arrays), or use numpy==%s here"
+            % (sender_numpy, "NumPy " + here if here else "no NumPy", type(exc).__name__, exc, sender_numpy))
 
 # =============================================================================
 # 15. Executor client (the host's side)
@@ -6545,6 +6879,8 @@ class _Worker(object):
                     if future is not None:
                         self._futures += 1
                 self._order.append(call_id)
+            if self.shm_cache is not None and self.shm_cache.freed:
+                self._queue_release()
             if self._pending:
                 self._flush_pending()
             try:
@@ -6622,8 +6958,8 @@ class _Worker(object):
         if reply is None:
             self._on_death()
             raise self.dead
-        if segments:
-            self.shm_pool.release(segments)     # the worker has copied them out
+        if segments and reply[0] == "cancelled":
+            self.shm_pool.release(segments)     # never read (else the worker releases them)
         return self._decode(reply, what)
 
     def _what(self, what):
@@ -6659,8 +6995,9 @@ class _Worker(object):
                 raise ExecutorError("the result of %s could not be unpickled in the host (%s: %s)"
                                     % (self._what(what), type(exc).__name__, exc))
             finally:
-                if type(payload) is tuple:      # copied out: the worker may reuse its segments
-                    self._release([ref[0] for ref in payload[2]])
+                if self.shm_cache is not None and self.shm_cache.freed:
+                    self._queue_release()       # copied out: the worker may reuse those segments
+                    self._send_soon(None)
         if kind == "err":
             raise _rebuild_error(reply[2], self._what(what))
         if kind == "died":
@@ -6775,6 +7112,10 @@ class _Worker(object):
         timer.start()
 
     def _dispatch(self, reply):
+        if reply[0] == "release":               # the worker is done with these argument segments
+            if self.shm_pool is not None:
+                self.shm_pool.release(reply[1])
+            return
         with self._lock:
             waiter = self._waiters.pop(reply[1], None)
             if waiter is None:
@@ -6789,8 +7130,8 @@ class _Worker(object):
                     pass
             if waiter.deadline is not None:
                 self._timed -= 1
-            if waiter.segments:
-                self.shm_pool.release(waiter.segments)     # the worker has copied them out
+            if waiter.segments and reply[0] == "cancelled":
+                self.shm_pool.release(waiter.segments)     # never read (else the worker releases them)
             unread = waiter.timed_out or (waiter.future is not None and waiter.future.done())
             waiter.reply = reply
             waiter.done = True
@@ -6873,15 +7214,25 @@ class _Worker(object):
         """Tell the worker it may reuse these result segments."""
         self._send_soon(("release", names))
 
+    def _queue_release(self):
+        """Queue the release of the worker's segments this side is done with
+        (results copied out, or whose lent arrays are gone)."""
+        names = self.shm_cache.drain()
+        if names:
+            with self._lock:
+                self._pending.append(("release", names))
+
     def _send_soon(self, message):
         """Send a small control message without waiting for the send lock.
 
         Its holder may be blocked sending a large request while the worker is
         blocked sending to the thread that reads, which may be this one: if
         the lock is taken, the next call sends the message before its own.
+        (None: only send what is queued.)
         """
-        with self._lock:
-            self._pending.append(message)
+        if message is not None:
+            with self._lock:
+                self._pending.append(message)
         if self._send_lock.acquire(False):
             try:
                 self._flush_pending()

@@ -34,6 +34,20 @@ def kept_sum(index):
     return float(KEPT[index].sum())
 
 
+def keep_views(array):
+    """Keep views of an argument only, one through a memoryview; return their sums."""
+    import numpy
+    views = (array[::2], memoryview(array[1:]))
+    KEPT.append(views)
+    return kept_views_sums()[-1]
+
+
+def kept_views_sums():
+    import numpy
+    return [[float(view.sum()), float(numpy.frombuffer(mv, dtype="float64").sum())]
+            for view, mv in (k for k in KEPT if type(k) is tuple)]
+
+
 def fail_with(array):
     raise ValueError("refused an array of %d bytes" % array.nbytes)
 
@@ -57,4 +71,5 @@ def shm_state():
     state = sys.modules["wetlite"]._WorkerState
     pool = state.pool
     return {"attached": sorted(state.cache.maps) if state.cache else [],
-            "owned": sorted(list(pool.busy) + [s.name for s in pool.free]) if pool else []}
+            "owned": sorted(list(pool.busy) + [s.name for s in pool.free]) if pool else [],
+            "busy": sorted(pool.busy) if pool else []}

@@ -151,7 +151,6 @@ def test_segments_are_reused(env, np):
 def test_results_own_their_memory(env, np, tmp_path):
     a = np.arange(BIG // 8, dtype="float64")
     back = call(env, "identity", a)
-    assert not isinstance(back.base, memoryview)
     back[0] = -1.0                          # writable, and nobody else's memory
     again = call(env, "identity", a)
     assert again[0] == 0.0 and back[0] == -1.0
@@ -166,6 +165,60 @@ def test_an_argument_the_worker_keeps_is_not_overwritten(env, np):
     for value in (2.0, 3.0, 4.0):
         call(env, "identity", np.full(BIG // 8, value))
     assert call(env, "kept_sum", index) == pytest.approx(first.sum())
+
+
+def test_views_the_worker_keeps_are_not_overwritten(env, np):
+    # Only views of the argument are kept (and a memoryview of one): the segment stays lent.
+    first = np.arange(BIG // 8, dtype="float64")
+    expected = call(env, "keep_views", first)
+    for value in (2.0, 3.0, 4.0):
+        assert call(env, "total", np.full(BIG // 8, value)) == value * (BIG // 8)
+    assert call(env, "kept_views_sums")[-1] == expected
+
+
+def test_views_the_host_keeps_are_not_overwritten(env, np):
+    worker = env._worker
+    a = np.arange(BIG // 8, dtype="float64")
+    back = call(env, "identity", a)
+    kept = [back[::2], memoryview(back)[8:], np.frombuffer(back, dtype="u1")[16:]]
+    expected = [kept[0].copy(), bytes(kept[1]), kept[2].copy()]
+    del back                                # what it lends now hangs on the views alone
+    for value in (5.0, 6.0, 7.0):
+        assert np.array_equal(call(env, "identity", np.full(BIG // 8, value)), np.full(BIG // 8, value))
+    assert np.array_equal(kept[0], expected[0]) and bytes(kept[1]) == expected[1]
+    assert np.array_equal(kept[2], expected[2])
+    lent = set(worker.shm_cache.lent)
+    assert len(lent) == 1                   # only the kept one: the others came back at once
+    del kept
+    call(env, "total", a)                   # carries the release
+    assert lent.isdisjoint(call(env, "shm_state")["busy"])
+
+
+def test_results_are_built_on_the_segment_and_given_back(env, np):
+    worker = env._worker
+    a = np.ones(BIG // 8)
+    back = call(env, "identity", a)
+    assert set(worker.shm_cache.lent) and not back.flags.owndata
+    names = set(worker.shm_cache.lent)
+    assert names <= set(call(env, "shm_state")["busy"])     # the worker leaves it alone
+    del back
+    assert not worker.shm_cache.lent
+    assert names.isdisjoint(call(env, "shm_state")["busy"])
+
+
+def test_a_failed_call_gives_its_segments_back(env, np):
+    pool = env._worker.shm_pool
+    busy = set(pool.busy)                   # (arguments earlier tests' workers keep)
+    with pytest.raises(wetlite.ExecutorError, match="could not be unpickled in the worker"):
+        call(env, "identity", [np.ones(BIG // 8), Unimportable()])
+    assert set(pool.busy) == busy and pool.free
+    with pytest.raises(ValueError, match="refused"):
+        call(env, "fail_with", np.ones(BIG // 8))
+    assert set(pool.busy) == busy
+
+
+class Unimportable(object):
+    """Defined in the test module: the worker cannot import it."""
 
 
 # --- cleanup -------------------------------------------------------------------
@@ -247,7 +300,7 @@ def test_shared_memory_disabled_falls_back_in_band(env, np, monkeypatch, leak_ch
         a = np.arange(BIG // 8, dtype="float64")
         assert np.array_equal(other.execute(FUNCS, "identity", (a,)), a)
         assert other._worker.shm_pool is None
-        assert other.execute(FUNCS, "shm_state") == {"attached": [], "owned": []}
+        assert other.execute(FUNCS, "shm_state") == {"attached": [], "owned": [], "busy": []}
         view = memoryview(bytearray(b"abc" * BIG)).cast("B", (3, BIG))
         back = other.execute(FUNCS, "identity", (view,))
         assert back.tobytes() == view.tobytes() and back.shape == view.shape

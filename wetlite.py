@@ -5596,6 +5596,7 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
     dumps, loads = pickle.dumps, pickle.loads
     queue = []                                  # requests read ahead (a list: collections costs an import)
     readable = _readiness_check(conn)
+    freed = cache.freed if cache is not None else ()        # the host's segments we are done with
     while True:
         if not queue:
             try:
@@ -5643,7 +5644,7 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
                 reply = _handle(message, protocol, pool, cache)
             finally:
                 _WorkerState.current = None
-            if cache is not None and cache.freed:      # the host's segments this call is done with
+            if freed:                           # the host's segments this call is done with
                 conn.send_bytes(dumps(("release", cache.drain()), protocol))
             conn.send_bytes(reply)
             if _WorkerState.exiting:
@@ -6141,7 +6142,7 @@ def _dumps_payload(obj, protocol, pool):
     NumPy arrays and scalars in their version-neutral form.
     """
     numpy = sys.modules.get("numpy")
-    if _plain(obj) or (pool is None and numpy is None):
+    if (pool is None and numpy is None) or _plain(obj):
         try:
             return _lean("_pickle", "pickle").dumps(obj, protocol)
         except TypeError:
@@ -6666,6 +6667,7 @@ class _Worker(object):
         self._closed = False
         self._stderr_tail = collections.deque(maxlen=_OUTPUT_TAIL_LINES)
         self.shm_pool = self.shm_cache = self.shm_worker_prefix = None
+        self._shm_freed = ()                    # shm_cache.freed: worker segments to release
         self._pending = []                      # control messages waiting for the send lock
         self._streams = []
         self._lifeline = None
@@ -6810,6 +6812,7 @@ class _Worker(object):
             worker_prefix = token + "w"
             self.shm_pool = _ShmPool(token + "h")
             self.shm_cache = _ShmCache()
+            self._shm_freed = self.shm_cache.freed
             self.shm_worker_prefix = worker_prefix
         self.conn.send_bytes(pickle.dumps(("hello", self.protocol, worker_prefix), 2))
 
@@ -6843,10 +6846,11 @@ class _Worker(object):
         if payload_args is not None:
             args, kwargs = payload_args
             try:
-                pool = self.shm_pool
-                if pool is not None and not kwargs and all(type(a) in _PLAIN_TYPES for a in args):
-                    pool = None                 # the common case, decided cheaply
-                payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol, pool)
+                if not kwargs and all(type(a) in _PLAIN_TYPES for a in args):
+                    payload = pickle.dumps((tuple(args), {}), self.protocol)     # the common case, decided cheaply
+                else:
+                    payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol,
+                                             self.shm_pool)
             except Exception as exc:
                 raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
                                     "sent" % (self._what(what), type(exc).__name__, exc))
@@ -6879,7 +6883,7 @@ class _Worker(object):
                     if future is not None:
                         self._futures += 1
                 self._order.append(call_id)
-            if self.shm_cache is not None and self.shm_cache.freed:
+            if self._shm_freed:
                 self._queue_release()
             if self._pending:
                 self._flush_pending()
@@ -6995,7 +6999,7 @@ class _Worker(object):
                 raise ExecutorError("the result of %s could not be unpickled in the host (%s: %s)"
                                     % (self._what(what), type(exc).__name__, exc))
             finally:
-                if self.shm_cache is not None and self.shm_cache.freed:
+                if self._shm_freed:
                     self._queue_release()       # copied out: the worker may reuse those segments
                     self._send_soon(None)
         if kind == "err":

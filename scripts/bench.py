@@ -32,6 +32,8 @@ interpreter, because this machine is shared and noisy:
 
     --only call,large   runs only those parts (import, reuse, call, pipeline,
                         cold, large).
+    --against FILE      also times the trivial call against another wetlite.py
+                        (say main's) in paired rounds: this / that, median.
 """
 import argparse
 import json
@@ -192,6 +194,36 @@ def bench_calls(env, rounds, per_round):
     return result
 
 
+def bench_against(path, python, rounds, per_round):
+    """The trivial call's round trip, this wetlite against another wetlite.py (e.g. main's), in paired
+    rounds: both loaded in this process, one worker each, alternating."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("wetlite_baseline", path)
+    baseline = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = baseline
+    spec.loader.exec_module(baseline)
+    root = tempfile.mkdtemp(prefix="wetlite-bench-against-")
+    try:
+        subprocess.run([python, "-m", "venv", "--without-pip", os.path.join(root, "venv")], check=True)
+        envs = {}
+        for label, module in (("this", wetlite), ("baseline", baseline)):
+            mgr = module.EnvironmentManager(root=os.path.join(root, label), tool="venv")
+            envs[label] = mgr.load("against", os.path.join(root, "venv"))
+            envs[label].launch()
+        ratios = []
+        for _ in range(rounds):
+            medians = {label: statistics.median(timed(lambda: env.execute("builtins", "abs", (-1,)), per_round))
+                       for label, env in envs.items()}
+            ratios.append(medians["this"] / medians["baseline"])
+        for env in envs.values():
+            env.exit()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ratios.sort()
+    return {"baseline": os.path.abspath(path), "rounds": rounds, "median_ratio": statistics.median(ratios),
+            "q1_ratio": ratios[len(ratios) // 4], "q3_ratio": ratios[3 * len(ratios) // 4]}
+
+
 def bench_pipeline(env, calls):
     start = time.perf_counter()
     for _ in range(calls):
@@ -295,6 +327,8 @@ def main():
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes to one CPU")
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts to run (default: all)")
     parser.add_argument("--env-numpy", help="the NumPy version in the large-data environment (default: the host's)")
+    parser.add_argument("--against", metavar="WETLITE_PY", help="also time trivial calls against this other "
+                        "wetlite.py (e.g. `git show main:wetlite.py > /tmp/main.py`), in paired rounds")
     args = parser.parse_args()
     only = set(args.only.split(","))
     unknown = only - set(PARTS)
@@ -323,6 +357,8 @@ def main():
                 results["cold"] = bench_cold(env, 5 * scale)
         if "large" in only:
             results["large"] = bench_large(mgr, 5 * scale, args.env_numpy)
+        if args.against:
+            results["against"] = bench_against(args.against, sys.executable, 15 * scale, 200)
         mgr.exit()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -351,6 +387,10 @@ def main():
             c = results["cold"]
             rows.append(("cold start to first result", "%.1f ms" % c["launch_to_first_result_median_ms"],
                          "%.2fx bare import (%.1f ms); goal <= 2x" % (c["x_bare"], c["bare_import_median_ms"])))
+        if "against" in results:
+            a = results["against"]
+            rows.append(("round trip: this / %s" % os.path.basename(a["baseline"]), "%.3fx" % a["median_ratio"],
+                         "quartiles %.3f-%.3f over %d paired rounds" % (a["q1_ratio"], a["q3_ratio"], a["rounds"])))
         large = results.get("large")
         if large and "skipped" in large:
             rows.append(("64 MiB arrays", "skipped", large["skipped"]))

@@ -178,6 +178,7 @@ def test_views_the_worker_keeps_are_not_overwritten(env, np):
 
 def test_views_the_host_keeps_are_not_overwritten(env, np):
     worker = env._worker
+    before = set(worker.shm_cache.lent)
     a = np.arange(BIG // 8, dtype="float64")
     back = call(env, "identity", a)
     kept = [back[::2], memoryview(back)[8:], np.frombuffer(back, dtype="u1")[16:]]
@@ -187,7 +188,7 @@ def test_views_the_host_keeps_are_not_overwritten(env, np):
         assert np.array_equal(call(env, "identity", np.full(BIG // 8, value)), np.full(BIG // 8, value))
     assert np.array_equal(kept[0], expected[0]) and bytes(kept[1]) == expected[1]
     assert np.array_equal(kept[2], expected[2])
-    lent = set(worker.shm_cache.lent)
+    lent = set(worker.shm_cache.lent) - before
     assert len(lent) == 1                   # only the kept one: the others came back at once
     del kept
     call(env, "total", a)                   # carries the release
@@ -196,13 +197,14 @@ def test_views_the_host_keeps_are_not_overwritten(env, np):
 
 def test_results_are_built_on_the_segment_and_given_back(env, np):
     worker = env._worker
+    before = set(worker.shm_cache.lent)
     a = np.ones(BIG // 8)
     back = call(env, "identity", a)
-    assert set(worker.shm_cache.lent) and not back.flags.owndata
-    names = set(worker.shm_cache.lent)
+    names = set(worker.shm_cache.lent) - before
+    assert names and not back.flags.owndata
     assert names <= set(call(env, "shm_state")["busy"])     # the worker leaves it alone
     del back
-    assert not worker.shm_cache.lent
+    assert names.isdisjoint(worker.shm_cache.lent)
     assert names.isdisjoint(call(env, "shm_state")["busy"])
 
 

@@ -6260,9 +6260,11 @@ def _loads_payload(payload, cache):
     done = []
     try:
         for name, size, kind in refs:
+            done.append(name)
             buffer = cache.lend(name, size) if kind == "lend" else None
-            if buffer is None:
-                done.append(name)
+            if buffer is not None:
+                done.pop()                      # lent: the array gives it back
+            else:
                 view = cache.view(name, size)
                 if kind == "copy":
                     buffer = view               # bytes()/bytearray() copy it themselves
@@ -6399,11 +6401,11 @@ def _spec_dtype(numpy, spec):
             return numpy.dtype(spec)
         except TypeError:
             if spec[1:2] in ("f", "c"):
+                name = "longdouble" if spec[1] == "f" else "clongdouble"
                 raise ValueError(
-                    "a NumPy %s array of %s bytes per value cannot be rebuilt here, where longdouble is %d bytes "
+                    "a NumPy %s array of %s bytes per value cannot be rebuilt here, where %s is %d bytes "
                     "(its size depends on the platform): convert it to float64 or complex128 before sending it"
-                    % ("longdouble" if spec[1] == "f" else "clongdouble", spec[2:],
-                       numpy.dtype(numpy.longdouble).itemsize))
+                    % (name, spec[2:], name, numpy.dtype(getattr(numpy, name)).itemsize))
             raise ValueError("NumPy %s cannot rebuild the dtype %r sent by the other side"
                              % (numpy.__version__, spec))
     if spec[0] == "sub":

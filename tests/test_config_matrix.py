@@ -1,7 +1,8 @@
 """Every config file with every tool: what each file means, and what cannot be honoured.
 
 The mapping is checked on _read_config (no tool runs), then one real build per
-interesting pair: venv, and the stand-in micromamba and pixi.
+interesting pair: venv, and micromamba and pixi (the real binaries when
+WETLITE_TEST_MICROMAMBA / WETLITE_TEST_PIXI name them, else the stand-ins).
 """
 import os
 import sys
@@ -9,7 +10,7 @@ import textwrap
 
 import pytest
 
-from conftest import file_url, install_stand_in, make_wheel, wetlite
+from conftest import file_url, make_wheel, tool_binary, tool_marks, wetlite
 
 HOST_XY = "%d.%d" % sys.version_info[:2]
 SUBDIR = wetlite._conda_subdir(*wetlite._platform_id())
@@ -209,7 +210,8 @@ def local_workspace(tmp_path, channel, demo_version, extra):
 
 
 @POSIX_STAND_INS
-def test_a_pixi_toml_built_by_micromamba(tmp_path, local_channel, monkeypatch):
+@pytest.mark.parametrize("tool", [pytest.param("micromamba", marks=tool_marks("micromamba"))])
+def test_a_pixi_toml_built_by_micromamba(tmp_path, local_channel, monkeypatch, tool):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -218,7 +220,7 @@ def test_a_pixi_toml_built_by_micromamba(tmp_path, local_channel, monkeypatch):
         [pypi-dependencies]
         wetlite-test-pip = { path = "wheels/wetlite_test_pip-1.0-py3-none-any.whl" }
         """)
-    exe = install_stand_in(tmp_path / "tools", "micromamba")
+    exe = tool_binary(tmp_path / "tools", tool)
     mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="micromamba", tool_path=exe, channels=())
     env = mgr.create("from-pixi", config=path, optional_dependencies=["extra"], force_external=True)
     names = {p["name"]: p for p in env.packages()}
@@ -227,13 +229,14 @@ def test_a_pixi_toml_built_by_micromamba(tmp_path, local_channel, monkeypatch):
 
 
 @POSIX_STAND_INS
-def test_pixi_builds_the_selected_features_of_its_manifest(tmp_path, local_channel, monkeypatch):
+@pytest.mark.parametrize("tool", [pytest.param("pixi", marks=tool_marks("pixi"))])
+def test_pixi_builds_the_selected_features_of_its_manifest(tmp_path, local_channel, monkeypatch, tool):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     path = local_workspace(tmp_path, local_channel, "*", """\
         [environments]
         other = ["extra"]
         """)
-    exe = install_stand_in(tmp_path / "tools", "pixi")
+    exe = tool_binary(tmp_path / "tools", tool)
     mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="pixi", tool_path=exe, channels=())
     env = mgr.create("feat", config=path, optional_dependencies=["extra"], force_external=True)
     assert env.path.endswith(os.path.join(".pixi", "envs", "wetlite-selected"))

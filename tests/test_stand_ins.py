@@ -682,29 +682,24 @@ def test_pixi_install_locked_and_channel_add(tools, channel, tmp_path):
 # --- where the real tools fail, the stand-ins fail too (pixi-0.73.0-source-notes.md) -----------
 
 def conda_package(channel_dir, name, version, files, depends=()):
-    """Write a noarch: generic package holding ``files`` ({path: text}) and index it."""
-    import io
-    import tarfile
-    subdir = os.path.join(channel_dir, "noarch")
-    os.makedirs(subdir, exist_ok=True)
-    fn = "%s-%s-0.tar.bz2" % (name, version)
-    index = {"name": name, "version": version, "build": "0", "build_number": 0, "depends": list(depends),
-             "noarch": "generic", "subdir": "noarch"}
-    with tarfile.open(os.path.join(subdir, fn), "w:bz2") as tar:
-        for path, text in dict(files, **{"info/index.json": json.dumps(index)}).items():
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    repodata_path = os.path.join(subdir, "repodata.json")
-    repodata = {"info": {"subdir": "noarch"}, "packages": {}}
-    if os.path.isfile(repodata_path):
-        with open(repodata_path) as fh:
-            repodata = json.load(fh)
-    repodata["packages"][fn] = dict(index, size=os.path.getsize(os.path.join(subdir, fn)))
-    with open(repodata_path, "w") as fh:
-        json.dump(repodata, fh)
+    """Add a noarch: generic package holding ``files`` ({path: text}) to a channel (made if missing);
+    return the channel directory.  The archive is complete (paths.json, hashes), as real tools need."""
+    from conda_channel import _File, write_package
+    fn, record = write_package(channel_dir, "noarch", {"name": name, "version": version, "build": "0",
+                                                       "depends": list(depends), "noarch": "generic"},
+                               [_File(path, text.encode()) for path, text in sorted(files.items())])
+    for subdir in ("noarch", conda_subdir()):       # real tools want both subdirs indexed
+        path = os.path.join(channel_dir, subdir, "repodata.json")
+        repodata = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}, "removed": [],
+                    "repodata_version": 1}
+        if os.path.isfile(path):
+            with open(path) as fh:
+                repodata = json.load(fh)
+        if subdir == "noarch":
+            repodata["packages"][fn] = record
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            json.dump(repodata, fh)
     return channel_dir
 
 

@@ -203,6 +203,7 @@ _TOOL_SCRUBBED_VARS = (
 )
 
 _OUTPUT_TAIL_LINES = 40
+_LINE_LIMIT = 1 << 16           # bytes of one line of a worker's output handled at a time
 
 # =============================================================================
 # 3. Compatibility
@@ -660,20 +661,22 @@ def _pid_alive(pid):
     return True
 
 
-_TEMP_SWEPT = []
+_TEMP_SWEPT = set()
 
 
-def _private_temp_dir(kind):
-    """A fresh 0700 temp dir named wetlite-KIND-PID-XXXXXXXX.
+def _private_temp_dir(kind, parent=None):
+    """A fresh 0700 temp dir named wetlite-KIND-PID-XXXXXXXX (in ``parent``, default the temp dir).
 
-    The first one of a process also removes those that processes killed
-    before they could clean up left behind: this user's, with a dead PID.
+    The first one a process makes in a directory also removes those that
+    processes killed before they could clean up left there: this user's,
+    whose PID is gone.
     """
     import tempfile
-    if not _TEMP_SWEPT:
-        _TEMP_SWEPT.append(True)
-        _sweep_dead_temp_dirs(tempfile.gettempdir())
-    return tempfile.mkdtemp(prefix="wetlite-%s-%d-" % (kind, os.getpid()))
+    parent = parent or tempfile.gettempdir()
+    if parent not in _TEMP_SWEPT:
+        _TEMP_SWEPT.add(parent)
+        _sweep_dead_temp_dirs(parent)
+    return tempfile.mkdtemp(prefix="wetlite-%s-%d-" % (kind, os.getpid()), dir=parent)
 
 
 def _sweep_dead_temp_dirs(directory):
@@ -5236,7 +5239,8 @@ def _json_dumps(obj):
 # =============================================================================
 
 PROTOCOL_VERSION = 1
-_WORKER_ENV = "WETLITE_WORKER"          # "address|family|authkey hex|lifeline fd|host pid"
+_WORKER_ENV = "WETLITE_WORKER"          # "family|authkey hex|lifeline fd|host pid|address"
+_HOST_CHECK_INTERVAL = 1.0              # seconds between the worker's checks that its host lives
 _INTERRUPT_GRACE = 2.0                  # seconds a timed-out call gets to stop before a kill
 _EXIT_GRACE = 2.0                       # seconds a worker gets to leave on its own
 
@@ -5311,6 +5315,10 @@ def _rebuild_error(info, what):
 
 
 class _WorkerState(object):
+    pid = None                  # the serving process: a fork()ed child is not
+    conn = None                 # the connection to the host
+    lifeline = None             # the read end of the host's control pipe (POSIX)
+    host_prefix = None          # the names of the host's shared-memory segments
     in_call = False
     current = None              # the id of the call running on the main thread
     exiting = False             # the host asked to exit while a call ran
@@ -5346,11 +5354,16 @@ def _serve():
     if not raw:
         _eprint("wetlite serve: this command is started by wetlite's executor; it is not for direct use")
         return 2
-    address, family, key_hex, lifeline, host_pid = raw.split("|")
+    family, key_hex, lifeline, host_pid, address = raw.split("|", 4)       # the address may hold "|"
+    _WorkerState.pid = os.getpid()
+    _enable_faulthandler()
     _scrub_worker_paths()
     sys.stdin = open(os.devnull, "r")         # the worker never reads stdin
+    if lifeline:
+        _WorkerState.lifeline = int(lifeline)
+        os.set_inheritable(_WorkerState.lifeline, False)    # what calls start must not read the host's lines
     import _thread                          # (threading would cost an import; this is built in)
-    _thread.start_new_thread(_watch_host, (lifeline, host_pid))
+    _thread.start_new_thread(_watch_host, (lifeline, int(host_pid or 0), os.getppid() == int(host_pid or 0)))
     _install_interrupt_handlers()
     if family == "AF_INET":
         host, port = address.rsplit(":", 1)
@@ -5368,17 +5381,44 @@ def _serve():
     if len(reply) > 2 and reply[2]:
         _WorkerState.pool = _ShmPool(reply[2])
         _WorkerState.cache = _ShmCache()
+        _WorkerState.host_prefix = reply[3] if len(reply) > 3 else None
+    _WorkerState.conn = conn
+    if hasattr(os, "register_at_fork"):     # 3.7+
+        os.register_at_fork(after_in_child=_close_in_forked_child)
     asked_to_exit = False
     try:
         asked_to_exit = _serve_loop(conn, protocol, _WorkerState.pool, _WorkerState.cache)
     finally:
         conn.close()
-        if _WorkerState.pool is not None:
-            _WorkerState.pool.close()
-            _WorkerState.cache.close()
-        if not asked_to_exit:
-            _kill_own_group()       # the host is gone (EOF): take what the calls started along
+        if asked_to_exit:
+            if _WorkerState.pool is not None:
+                _WorkerState.pool.close()
+                _WorkerState.cache.close()
+        else:
+            _host_gone_cleanup()        # the host is gone (EOF): take what the calls started along
     return 0
+
+
+def _enable_faulthandler():
+    # A crash in native code then leaves the Python stack on stderr, which
+    # the host keeps as WorkerDied.stderr_tail.
+    try:
+        import faulthandler
+        faulthandler.enable(file=sys.stderr)
+    except Exception:
+        pass
+
+
+def _close_in_forked_child():
+    """In a process a call fork()ed: drop the connection and the lifeline, so
+    that the host sees the worker's death even while the child lives."""
+    try:
+        if _WorkerState.conn is not None:
+            _WorkerState.conn.close()
+        if _WorkerState.lifeline is not None:
+            os.close(_WorkerState.lifeline)
+    except OSError:
+        pass
 
 
 class _SocketConnection(object):
@@ -5439,13 +5479,15 @@ class _SocketConnection(object):
 
 
 def _connect_to_host(address, family, authkey):
-    """Connect and authenticate as multiprocessing.connection.Client would."""
+    """Connect and authenticate as multiprocessing.connection.Client would (within a deadline)."""
     socket = _lean("_socket", "socket")
     sock = socket.socket(socket.AF_UNIX if family == "AF_UNIX" else socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(60.0)
     sock.connect(address)
     conn = _SocketConnection(sock)
     _answer_challenge(conn, authkey)
     _deliver_challenge(conn, authkey)
+    sock.settimeout(None)
     return conn
 
 
@@ -5500,41 +5542,75 @@ def _scrub_worker_paths():
         del sys.path[0]
 
 
-def _watch_host(lifeline, host_pid):
+def _watch_host(lifeline, host_pid, direct_child):
     """The worker's reader thread: obey the host's control lines while calls
     run, and end this worker and its children when the host is gone.
 
     On POSIX it reads the lifeline pipe, whose write end only the host holds:
     EOF means the host died.  The host writes "interrupt ID" (stop call ID,
-    if it is the one running) and "exit" (stop what runs, then leave).
+    if it is the one running) and "exit" (stop what runs, then leave).  It
+    also checks the host's pid every _HOST_CHECK_INTERVAL seconds: a process
+    the host forked may still hold the write end.
     """
     if lifeline:
+        fd = int(lifeline)
+        select = _lean("select", "select")
+        poller = select.poll() if hasattr(select, "poll") else None
+        if poller is not None:
+            poller.register(fd, select.POLLIN)
         pending = b""
         try:
             while True:
-                chunk = os.read(int(lifeline), 256)
+                if poller is not None:
+                    ready = poller.poll(_HOST_CHECK_INTERVAL * 1000)
+                else:
+                    ready = select.select([fd], [], [], _HOST_CHECK_INTERVAL)[0]
+                if not ready:
+                    if _host_gone(host_pid, direct_child):
+                        break
+                    continue
+                chunk = os.read(fd, 256)
                 if not chunk:
                     break
                 pending += chunk
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
                     _obey(line.split())
-        except OSError:
+        except (OSError, ValueError):
             pass
     elif _WINDOWS and host_pid:
         import _winapi
         try:
-            handle = _winapi.OpenProcess(0x00100000, False, int(host_pid))      # SYNCHRONIZE
+            handle = _winapi.OpenProcess(0x00100000, False, host_pid)      # SYNCHRONIZE
             _winapi.WaitForSingleObject(handle, 0xFFFFFFFF)
         except OSError:
             pass
     else:
         return
-    if _WorkerState.pool is not None:
-        _WorkerState.pool.close()               # nobody else would unlink them now:
-        _WorkerState.cache.close(unlink=True)   # ours, and those of the dead host
-    _kill_own_group()
+    _host_gone_cleanup()
     os._exit(3)
+
+
+def _host_gone(host_pid, direct_child):
+    if direct_child:
+        return os.getppid() != host_pid         # orphans are adopted: no pid reuse can fool this
+    try:
+        os.kill(host_pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _host_gone_cleanup():
+    """Unlink the shared memory nobody else will unlink now (ours, and what
+    the dead host left under its prefix), and kill what the calls started."""
+    if _WorkerState.pool is not None:
+        _WorkerState.pool.close()
+        _WorkerState.cache.close(unlink=True)
+        _sweep_segments(_WorkerState.host_prefix)
+    _kill_own_group()
 
 
 def _obey(words):
@@ -5688,9 +5764,28 @@ def _handle(message, protocol, pool, cache):
 def _call_on_main_thread(func, args, kwargs):
     _WorkerState.in_call = True
     try:
-        return func(*args, **kwargs)
-    finally:
+        result = func(*args, **kwargs)
+    except BaseException as exc:
         _WorkerState.in_call = False
+        if os.getpid() != _WorkerState.pid:
+            _leave_forked_child(exc)
+        raise
+    _WorkerState.in_call = False
+    if os.getpid() != _WorkerState.pid:
+        _leave_forked_child(None)
+    return result
+
+
+def _leave_forked_child(exc):
+    """A call fork()ed and the child came back here (after a failed exec, say):
+    it must not become a second server on the host's connection."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    code = exc.code if isinstance(exc, SystemExit) else (1 if exc is not None else 0)
+    os._exit(code if isinstance(code, int) else 1)
 
 
 def _resolve(target, function):
@@ -5886,6 +5981,21 @@ def _shm_unlink(shm):
         _posixshmem.shm_unlink(name)
     except (ImportError, OSError):
         pass
+
+
+def _sweep_segments(prefix):
+    """Unlink every segment named PREFIX_N: what a dead peer left, announced
+    or not.  (Linux lists them in /dev/shm; elsewhere only the segments a
+    side has attached are unlinked, by _ShmCache.close.)"""
+    if not prefix or not os.path.isdir("/dev/shm"):
+        return
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix + "_"):
+            _remove_quietly(os.path.join("/dev/shm", name))
 
 
 def _shm_space_for(size):
@@ -6621,6 +6731,122 @@ def _apply_activation(base, activation):
     return env
 
 
+_HANDSHAKE_TIMEOUT = 5.0        # seconds one connection may take to authenticate
+
+
+def _listen(key, scaffolding):
+    """A listening endpoint for one worker: (family, address, server).
+
+    POSIX: a Unix socket in a fresh 0700 dir, in the temp dir or, if that
+    path would be too long for a socket, in $XDG_RUNTIME_DIR or /tmp; TCP on
+    127.0.0.1 only if none will do.  Windows: a named pipe.  What needs
+    removing afterwards goes into ``scaffolding``.
+    """
+    import socket
+    if _WINDOWS:
+        from multiprocessing.connection import Listener
+        address = r"\\.\pipe\wetlite-%s" % os.urandom(8).hex()
+        listener = Listener(address, "AF_PIPE", backlog=1, authkey=key)
+        scaffolding.insert(0, listener)
+        return "AF_PIPE", address, listener
+    import tempfile
+    for parent in (tempfile.gettempdir(), os.environ.get("XDG_RUNTIME_DIR"), "/tmp"):
+        # wetlite-sock-PID-XXXXXXXX/w.sock must fit sun_path (104 bytes on macOS).
+        if not parent or len(os.fsencode(parent)) + 45 > 100 or not os.path.isdir(parent):
+            continue
+        try:
+            directory = _private_temp_dir("sock", parent)
+        except OSError:
+            continue
+        scaffolding.append(directory)
+        address = os.path.join(directory, "w.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            server.bind(address)
+        except OSError:
+            server.close()
+            continue
+        scaffolding.insert(0, server)
+        server.listen(8)
+        return "AF_UNIX", address, server
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    scaffolding.insert(0, server)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    _log().debug("no usable directory for a Unix socket: the worker connects over TCP on 127.0.0.1")
+    return "AF_INET", server.getsockname(), server
+
+
+def _accept_worker(server, family, address, key, proc, deadline):
+    """The authenticated connection of the worker, or None if it died or the deadline passed.
+
+    A client that fails to authenticate within _HANDSHAKE_TIMEOUT (an
+    intruder on the TCP fallback, say) is dropped, and the wait goes on for
+    the worker.
+    """
+    import socket
+    import time
+    if family == "AF_PIPE":
+        return _accept_pipe(server, address, proc, deadline)
+    from multiprocessing.connection import Connection
+    server.settimeout(0.05)             # to watch the process and the deadline meanwhile
+    while proc.poll() is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            client = server.accept()[0]
+        except socket.timeout:
+            continue
+        client.settimeout(min(remaining, _HANDSHAKE_TIMEOUT))
+        try:
+            conn = _SocketConnection(client)
+            _deliver_challenge(conn, key)
+            _answer_challenge(conn, key)
+        except (OSError, EOFError, ProtocolError, ValueError) as exc:
+            _log().debug("refused a connection to the worker's socket: %s", exc)
+            client.close()
+            continue
+        client.settimeout(None)
+        return Connection(client.detach())
+    return None
+
+
+def _accept_pipe(listener, address, proc, deadline):
+    """Windows: multiprocessing's Listener on a named pipe, accepting in a
+    thread (a pipe has no timeout) until the worker is in or gives up."""
+    import threading
+    import time
+    from multiprocessing.connection import Client
+    accepted = {}
+
+    def accept():
+        while "stop" not in accepted:
+            try:
+                conn = listener.accept()
+            except Exception:
+                continue
+            if "stop" in accepted:
+                conn.close()
+            else:
+                accepted["conn"] = conn
+            return
+    acceptor = threading.Thread(target=accept, name="wetlite-accept")
+    acceptor.daemon = True
+    acceptor.start()
+    while acceptor.is_alive():
+        acceptor.join(0.05)
+        if acceptor.is_alive() and (proc.poll() is not None or time.monotonic() > deadline):
+            accepted["stop"] = True
+            try:                                    # wake accept() up
+                Client(address, "AF_PIPE").close()
+            except (OSError, EOFError):
+                pass
+            acceptor.join(5)
+            break
+    return accepted.get("conn")
+
+
 class _NotSent(WorkerDied):
     """The worker was found gone before a request could be sent: nothing ran,
     so the environment may start a new worker and send it there."""
@@ -6673,6 +6899,7 @@ class _Worker(object):
         self._pending = []                      # control messages waiting for the send lock
         self._streams = []
         self._lifeline = None
+        self._killing = False                   # a timed-out call's kill is under way
         self._start(timeout)
 
     # -- starting -----------------------------------------------------------
@@ -6700,6 +6927,8 @@ class _Worker(object):
             import atexit
             _LIVE_WORKERS = weakref.WeakSet()
             atexit.register(_stop_live_workers)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_disown_workers_in_child)
         _LIVE_WORKERS.add(self)
 
     def _abort(self):
@@ -6717,32 +6946,19 @@ class _Worker(object):
         """Listen, spawn, accept and say hello.  ``scaffolding`` gets what to clean up."""
         import pickle
         import subprocess
-        import tempfile
         import threading
         import time
-        from multiprocessing.connection import Client, Listener
         deadline = time.monotonic() + timeout
         key = os.urandom(32)
-        sock_dir = tempfile.mkdtemp(prefix="wetlite-")          # 0700: private to this user
-        scaffolding.append(sock_dir)
-        if _WINDOWS:
-            family, address = "AF_PIPE", r"\\.\pipe\wetlite-%s" % os.urandom(8).hex()
-        else:
-            family, address = "AF_UNIX", os.path.join(sock_dir, "worker.sock")
-        try:
-            listener = Listener(address, family, backlog=1, authkey=key)
-        except OSError:
-            family = "AF_INET"                                  # the last resort
-            listener = Listener(("127.0.0.1", 0), family, backlog=1, authkey=key)
-            address = listener.address
-        scaffolding.insert(0, listener)
+        family, address, server = _listen(key, scaffolding)
         shown = "%s:%d" % address if family == "AF_INET" else address
         lifeline_read = ""
         pass_fds = ()
         if not _WINDOWS:
             lifeline_read, self._lifeline = os.pipe()
             pass_fds = (lifeline_read,)
-        environ[_WORKER_ENV] = "|".join([shown, family, key.hex(), str(lifeline_read), str(os.getpid())])
+        # The address last: it is a path, and may hold any character but NUL.
+        environ[_WORKER_ENV] = "|".join([family, key.hex(), str(lifeline_read), str(os.getpid()), shown])
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, env=environ, pass_fds=pass_fds,
@@ -6758,35 +6974,7 @@ class _Worker(object):
             t.daemon = True
             t.start()
             self._streams.append(t)
-        accepted = {}
-
-        def accept():
-            # A client with the wrong key is refused, and we wait on for
-            # ours, until the launch gives up and wakes us with "stop".
-            while "stop" not in accepted:
-                try:
-                    conn = listener.accept()
-                except Exception:
-                    continue
-                if "stop" in accepted:
-                    conn.close()
-                else:
-                    accepted["conn"] = conn
-                return
-        acceptor = threading.Thread(target=accept, name="wetlite-accept-%s" % self.name)
-        acceptor.daemon = True
-        acceptor.start()
-        while acceptor.is_alive():
-            acceptor.join(0.05)
-            if acceptor.is_alive() and (self.proc.poll() is not None or time.monotonic() > deadline):
-                accepted["stop"] = True
-                try:                                    # wake accept() up
-                    Client(address, family).close()
-                except (OSError, EOFError):
-                    pass
-                acceptor.join(5)
-                break
-        self.conn = accepted.get("conn")
+        self.conn = _accept_worker(server, family, address, key, self.proc, deadline)
         if self.conn is None:
             died = self.proc.poll() is not None
             _kill_tree(self.proc)
@@ -6808,21 +6996,23 @@ class _Worker(object):
                 % (__version__, PROTOCOL_VERSION, self.name, hello[2], hello[1], hello[3]))
         self.protocol = min(hello[4], pickle.HIGHEST_PROTOCOL)
         self.worker_python = hello[3]
-        worker_prefix = None
+        worker_prefix = host_prefix = None
         if len(hello) > 6 and hello[6] and self.protocol >= 5 and _shm_available():
             token = "wl%s" % os.urandom(4).hex()            # short: macOS caps names at 31 characters
-            worker_prefix = token + "w"
-            self.shm_pool = _ShmPool(token + "h")
+            worker_prefix, host_prefix = token + "w", token + "h"
+            self.shm_pool = _ShmPool(host_prefix)
             self.shm_cache = _ShmCache()
             self._shm_freed = self.shm_cache.freed
             self.shm_worker_prefix = worker_prefix
-        self.conn.send_bytes(pickle.dumps(("hello", self.protocol, worker_prefix), 2))
+        # The host's prefix too: if the host dies, the worker unlinks what it left.
+        self.conn.send_bytes(pickle.dumps(("hello", self.protocol, worker_prefix, host_prefix), 2))
 
     def _pump_output(self, stream, is_err):
         logger = _log()
         tag = "[%s%s] %%s" % (self.name, ":stderr" if is_err else "")
         extra = {"env_name": self.name, "stream": "stderr" if is_err else "stdout"}
-        for raw in iter(stream.readline, b""):
+        # A line longer than _LINE_LIMIT comes in pieces: no output can make the host hold it all.
+        for raw in iter(lambda: stream.readline(_LINE_LIMIT), b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if is_err:
                 self._stderr_tail.append(line)
@@ -7087,6 +7277,8 @@ class _Worker(object):
         with self._lock:
             running = self._order[0] if self._order else None
             late = [w for w in self._waiters.values() if w.kill_at is not None and w.kill_at <= now]
+            if late:                            # one kill, one warning, whoever noticed first
+                late, self._killing = ([] if self._killing else late), True
             fresh = [w for w in self._waiters.values()
                      if not w.timed_out and w.deadline is not None and w.deadline <= now]
             for w in fresh:
@@ -7324,15 +7516,8 @@ class _Worker(object):
             return
         self.shm_pool.close()
         self.shm_cache.close(unlink=worker_gone)
-        if worker_gone and os.path.isdir("/dev/shm"):
-            # Segments it made but never announced: they carry its prefix.
-            try:
-                names = os.listdir("/dev/shm")
-            except OSError:
-                names = []
-            for name in names:
-                if name.startswith(self.shm_worker_prefix + "_"):
-                    _remove_quietly(os.path.join("/dev/shm", name))
+        if worker_gone:
+            _sweep_segments(self.shm_worker_prefix)     # those it made but never announced
 
     def _close_handles(self):
         if self._lifeline is not None:
@@ -7373,6 +7558,22 @@ class _Worker(object):
         self._free_shared_memory(worker_gone=True)      # it has exited (or was killed) by now
         for t in self._streams:
             t.join(0.5)
+
+
+def _disown_workers_in_child():
+    """In a fork()ed child of the host (multiprocessing's fork start method,
+    say): close the inherited lifeline and connection of every worker, so
+    that a worker sees its host die even while the child lives, and the
+    child never talks to them (nor stops them at its exit).  A call in the
+    child starts a worker of its own."""
+    global _LIVE_WORKERS
+    import weakref
+    workers, _LIVE_WORKERS = list(_LIVE_WORKERS or ()), weakref.WeakSet()
+    for worker in workers:
+        worker.dead = WorkerDied("the worker of environment %r belongs to the parent process" % worker.name)
+        worker._closed = True
+        worker.shm_pool = None              # its segments are the parent's to unlink
+        worker._close_handles()
 
 
 def _stop_live_workers():

@@ -769,7 +769,7 @@ def test_workers_still_running_at_interpreter_exit_are_stopped(host_env, tmp_pat
 FAKE_WORKER = """
 import os, pickle
 from multiprocessing.connection import Client
-address, family, key, lifeline, host = os.environ["WETLITE_WORKER"].split("|")
+family, key, lifeline, host, address = os.environ["WETLITE_WORKER"].split("|", 4)
 conn = Client(address, family=family, authkey=bytes.fromhex(key))
 conn.send_bytes(pickle.dumps(("hello", 99, "9.9.9", "3.99.1", 5, os.getpid()), 2))
 conn.recv_bytes()
@@ -816,7 +816,7 @@ def _serve_manually(python, runtime_dir, listener_key, worker_key, tmp_path):
     listener = Listener(address, "AF_UNIX", authkey=listener_key)
     environ = dict(os.environ)
     environ["PYTHONPATH"] = runtime_dir
-    environ[wetlite._WORKER_ENV] = "|".join([address, "AF_UNIX", worker_key.hex(), "", str(os.getpid())])
+    environ[wetlite._WORKER_ENV] = "|".join(["AF_UNIX", worker_key.hex(), "", str(os.getpid()), address])
     proc = subprocess.Popen([python, "-m", "wetlite", "serve"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=str(tmp_path))
     return listener, proc
@@ -1064,11 +1064,11 @@ def test_output_callback_gets_both_streams(fresh):
 def _spy_on_listener(monkeypatch, intruder_key=None):
     """Record the host's listener address and socket dir mode; optionally send an intruder first."""
     import multiprocessing.connection as mpc
-    real = mpc.Listener
+    real = wetlite._listen
     seen = {}
 
-    def listener(address=None, family=None, backlog=1, authkey=None):
-        obj = real(address, family, backlog=backlog, authkey=authkey)
+    def listener(key, scaffolding):
+        family, address, obj = real(key, scaffolding)
         seen["address"], seen["family"] = address, family
         if family == "AF_UNIX":
             seen["dir_mode"] = stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode)
@@ -1084,8 +1084,8 @@ def _spy_on_listener(monkeypatch, intruder_key=None):
             t.daemon = True
             t.start()
             seen["intruder_thread"] = t
-        return obj
-    monkeypatch.setattr(mpc, "Listener", listener)
+        return family, address, obj
+    monkeypatch.setattr(wetlite, "_listen", listener)
     return seen
 
 
@@ -1123,7 +1123,7 @@ def test_authkey_is_not_on_the_command_line(env):
         initial = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
     # The key reaches the worker in its initial environment only ...
     raw = initial[wetlite._WORKER_ENV.encode()].decode()
-    key_hex = raw.split("|")[2]
+    key_hex = raw.split("|")[1]
     assert len(bytes.fromhex(key_hex)) == 32
     assert not any(key_hex.encode() in arg for arg in cmdline)
     assert cmdline[0] == env.python.encode() and [a for a in cmdline if a][-1].endswith(b"_wetlite_worker.py")
@@ -1141,7 +1141,7 @@ def test_each_worker_gets_a_fresh_key(fresh):
         e = fresh().launch()
         with open("/proc/%d/environ" % worker_pid(e), "rb") as f:
             environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-        keys.add(environ[wetlite._WORKER_ENV.encode()].split(b"|")[2])
+        keys.add(environ[wetlite._WORKER_ENV.encode()].split(b"|")[1])
     assert len(keys) == 2
 
 

@@ -398,3 +398,275 @@ def test_script_dirs_of_killed_processes_are_removed_on_the_next_run(tmp_path):
         alive.kill()
         alive.wait()
     assert sorted(os.listdir(str(temp))) == [os.path.basename(busy)]
+
+
+# -- the worker: start-up, handshake, fork, host death ---------------------------------------------
+
+HOST_PREAMBLE = ("import importlib, os, sys, time; sys.path[:0] = [%r, %r]; "
+                 "wetlite = importlib.import_module(os.environ.get('WETLITE_TEST_MODULE', 'wetlite'))\n"
+                 % (REPO, HERE))
+
+CALLS = textwrap.dedent('''
+    import os, sys, time
+
+
+    def fork_and_return():
+        """A child that comes back from the call, as after a failed exec."""
+        pid = os.fork()
+        if pid == 0:
+            return "child %d" % os.getpid()
+        os.waitpid(pid, 0)
+        return "parent"
+
+
+    def fork_and_exit_with(code):
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) if hasattr(os, "waitstatus_to_exitcode") \\
+            else os.waitpid(pid, 0)[1] >> 8
+
+
+    def inheritable_pipes():
+        """Descriptors beyond stdio that a child process would inherit (the lifeline must not be one)."""
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if fd > 2 and os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError:
+                pass
+        return found
+
+
+    def hold(data, seconds):
+        time.sleep(seconds)
+        return len(data)
+
+
+    def crash():
+        import ctypes
+        ctypes.string_at(0)
+
+
+    def long_line(size):
+        sys.stdout.write("y" * size)
+        sys.stdout.flush()
+        return size
+''')
+
+
+@pytest.fixture
+def calls(tmp_path):
+    path = tmp_path / "security_calls.py"
+    path.write_text(CALLS)
+    return str(path)
+
+
+@pytest.fixture
+def fresh_env(tmp_path, venv_path):
+    """A new Environment (own root, own worker) on the shared venv; exited afterwards."""
+    made = []
+
+    def make(**kwargs):
+        mgr = wetlite.EnvironmentManager(root=str(tmp_path / ("root%d" % len(made))), tool="venv")
+        env = mgr.load("e%d" % len(made), venv_path)
+        made.append(mgr)
+        return env
+    yield make
+    for mgr in made:
+        mgr.exit()
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def wait_gone(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+def test_a_pipe_in_the_temp_dir_does_not_break_the_launch(fresh_env, tmp_path, monkeypatch):
+    import tempfile
+    odd = tmp_path / "a|b"
+    odd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(odd))
+    env = fresh_env()
+    assert env.execute("os", "getpid") != os.getpid()
+
+
+def test_a_temp_dir_too_long_for_a_socket_still_gets_a_unix_socket(fresh_env, tmp_path, monkeypatch):
+    import tempfile
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    env = fresh_env().launch(timeout=30)
+    with open("/proc/%d/environ" % env._worker.proc.pid, "rb") as f:
+        raw = [v for v in f.read().split(b"\0") if v.startswith(b"WETLITE_WORKER=")][0]
+    assert b"AF_UNIX" in raw and b"AF_INET" not in raw
+
+
+def test_a_silent_intruder_on_the_tcp_fallback_does_not_block_the_launch(fresh_env, monkeypatch):
+    # No Unix socket can be made: the host listens on 127.0.0.1, where any
+    # local user can connect.  One connects first and says nothing.
+    import socket
+    monkeypatch.setattr(wetlite, "_HANDSHAKE_TIMEOUT", 1.0, raising=False)
+    real_bind, real_listen = socket.socket.bind, socket.socket.listen
+    intruders = []
+
+    def bind(self, address):
+        if isinstance(address, (str, bytes)):
+            raise OSError("no Unix sockets in this test")
+        return real_bind(self, address)
+
+    def listen(self, *args):
+        real_listen(self, *args)
+        if self.family == socket.AF_INET:
+            intruder = socket.create_connection(self.getsockname())
+            intruders.append(intruder)              # connected, silent, and never leaving
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    env = fresh_env()
+    try:
+        _, err = finishes(lambda: env.launch(timeout=15), seconds=40)
+        assert err is None, err
+        assert intruders, "the host did not fall back to TCP"
+        assert env.execute("operator", "add", (1, 2)) == 3
+    finally:
+        for s in intruders:
+            s.close()
+
+
+_FORKING_HOST = HOST_PREAMBLE + textwrap.dedent('''
+    mgr = wetlite.EnvironmentManager(root=sys.argv[1], tool="venv")
+    env = mgr.load("e", sys.argv[2])
+    env.launch(timeout=30)
+    if sys.argv[3] == "multiprocessing":
+        import multiprocessing
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        child = child.pid
+    else:                       # a fork no Python code hears of (a C library's, say)
+        import ctypes
+        child = ctypes.CDLL(None).fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+    print(env._worker.proc.pid, child, flush=True)
+    time.sleep(60)
+''')
+
+
+@pytest.mark.parametrize("how", ["multiprocessing", "libc"])
+def test_the_worker_does_not_outlive_a_host_that_forked(tmp_path, venv_path, how):
+    host = subprocess.Popen([sys.executable, "-c", _FORKING_HOST, str(tmp_path / "root"), venv_path, how],
+                            stdout=subprocess.PIPE)
+    pids = []
+    try:
+        pids = [int(p) for p in host.stdout.readline().split()]
+        worker, child = pids
+        assert alive(worker) and alive(child)
+        host.kill()
+        host.wait(5)
+        assert wait_gone(worker, 10), "the worker lives on while the host's fork child does"
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def test_the_lifeline_is_not_inherited_by_what_calls_start(fresh_env, calls):
+    assert fresh_env().execute(calls, "inheritable_pipes") == []
+
+
+def test_a_fork_that_returns_from_a_call_does_not_become_a_second_server(fresh_env, calls):
+    env = fresh_env()
+    worker = env.execute("os", "getpid")
+    assert env.execute(calls, "fork_and_return") == "parent"
+    assert {env.execute("os", "getpid") for _ in range(50)} == {worker}
+    assert env.execute(calls, "fork_and_exit_with", (7,)) == 7
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm") or not wetlite._shm_available(), reason="lists /dev/shm")
+def test_a_killed_host_leaks_no_shared_memory(tmp_path, venv_path, calls):
+    code = HOST_PREAMBLE + textwrap.dedent('''
+        mgr = wetlite.EnvironmentManager(root=sys.argv[1], tool="venv")
+        env = mgr.load("e", sys.argv[2])
+        env.launch(timeout=30)
+        futures = [env.submit(sys.argv[3], "hold", (os.urandom(1 << 20), 60)) for _ in range(60)]
+        print(env._worker.proc.pid, env._worker.shm_pool.prefix, flush=True)
+        time.sleep(60)
+    ''')
+    host = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root"), venv_path, calls],
+                            stdout=subprocess.PIPE)
+    prefix = None
+    try:
+        worker, prefix = host.stdout.readline().decode().split()
+        worker = int(worker)
+        assert len([n for n in os.listdir("/dev/shm") if n.startswith(prefix + "_")]) > 32
+        host.kill()
+        host.wait(5)
+        assert wait_gone(worker, 10)
+        assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix + "_")] == []
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        if prefix:
+            for n in os.listdir("/dev/shm"):
+                if n.startswith(prefix + "_"):
+                    os.remove(os.path.join("/dev/shm", n))
+
+
+def test_a_crash_in_native_code_shows_the_python_stack(fresh_env, calls):
+    env = fresh_env()
+    with pytest.raises(wetlite.WorkerDied) as info:
+        env.execute(calls, "crash")
+    assert info.value.signal == signal.SIGSEGV
+    tail = info.value.stderr_tail
+    assert "Fatal Python error" in tail and "security_calls.py" in tail and "crash" in tail
+
+
+def test_a_huge_output_line_reaches_the_host_in_pieces(fresh_env, calls):
+    pieces = []
+    env = fresh_env()
+    env.launch(output=lambda line: pieces.append(len(line)))
+    size = 5 << 20
+    assert env.execute(calls, "long_line", (size,)) == size
+    deadline = time.monotonic() + 30
+    while sum(pieces) < size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sum(pieces) == size
+    assert max(pieces) <= 1 << 16
+
+
+def test_a_call_that_ignores_the_interrupt_is_killed_with_one_warning(fresh_env, calls, monkeypatch, caplog):
+    monkeypatch.setattr(wetlite, "_INTERRUPT_GRACE", 0.3)
+    env = fresh_env()
+    env.launch()
+    helpers = os.path.join(HERE, "executor_data", "worker_helpers.py")
+    with caplog.at_level(30, logger="wetlite"):
+        with pytest.raises(wetlite.CallTimeout):
+            env.execute(helpers, "ignore_sigint_and_sleep", (30,), timeout=0.2)
+        # A second thread that notices late must not warn again: wait for the timers.
+        deadline = time.monotonic() + 10
+        while any(isinstance(t, threading.Timer) and t.is_alive() for t in threading.enumerate()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    warnings = [r for r in caplog.records if "did not stop after an interrupt" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]

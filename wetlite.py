@@ -53,17 +53,26 @@ Environment variables:
     WETLITE_MICROMAMBA     use this micromamba binary, never download one
     WETLITE_DOWNLOAD_URL   mirror base URL: assets come from {url}/{version}/{asset}
     WETLITE_DOWNLOAD_TIMEOUT  seconds before a stalled download is retried (default 30)
+    WETLITE_DOWNLOAD_DEADLINE seconds one download may take, retries included (default 1800)
+    WETLITE_DOWNLOAD_LIMIT the most one download may be, e.g. 800M (default per tool)
     WETLITE_SHM            0: large buffers go through the socket, not shared memory
+    WETLITE_USER_SITE      1: environments see the user's site-packages (default: not)
     WETLITE_DEBUG          1: generated scripts are kept; the CLI logs at debug level
 
-Security notes: wetlite downloads Pixi from github.com/prefix-dev/pixi and
-Micromamba from github.com/mamba-org/micromamba-releases (or the mirror named
-above) and refuses any binary whose SHA-256 does not match the embedded table
-or the release's checksum file.  Archives are extracted with path checks (no
-absolute paths, no "..", no links out of the target, no device files).  It
-runs those binaries, bash or PowerShell, and the Python interpreters of the
-environments.  Every value wetlite puts into a generated script is quoted for
-that shell; command strings you pass are shell code and run as written.
+Security notes (the README has them in full): wetlite downloads Pixi from
+github.com/prefix-dev/pixi and Micromamba from
+github.com/mamba-org/micromamba-releases (or the mirror named above), capped in
+size and time, and checks each against the embedded SHA-256 table or the
+release's checksum file before it unpacks anything (micromamba's package
+fallback: only the binary is unpacked, then checked).  Archive members are
+checked (no absolute paths, no "..", no links out, no devices).  The root and
+wetlite's directories in it must belong to the user and be writable by nobody
+else; wetlite creates them 0700, its files 0600, and checks the worker's
+runtime copy before each start.  Credentials in URLs are masked in logs,
+records and messages.  Every value wetlite puts into a generated script is
+quoted for that shell; command strings you pass are shell code and run as
+written.  The host unpickles what its workers send: code in an environment can
+run code in the host, so an environment is as trusted as the host.
 """
 
 __version__ = "0.1.0"
@@ -171,6 +180,7 @@ _ENV_TOOL_PATHS = {"pixi": "WETLITE_PIXI", "micromamba": "WETLITE_MICROMAMBA"}
 _ENV_DOWNLOAD_URL = "WETLITE_DOWNLOAD_URL"
 _ENV_DOWNLOAD_TIMEOUT = "WETLITE_DOWNLOAD_TIMEOUT"
 _ENV_DEBUG = "WETLITE_DEBUG"
+_ENV_USER_SITE = "WETLITE_USER_SITE"
 
 _ENV_DOWNLOAD_LIMIT = "WETLITE_DOWNLOAD_LIMIT"
 _ENV_DOWNLOAD_DEADLINE = "WETLITE_DOWNLOAD_DEADLINE"
@@ -183,6 +193,8 @@ _DOWNLOAD_LIMIT = 512 << 20   # bytes: the ceiling of one download, and of what 
 # sends more is refused long before the disk fills.
 _TOOL_SIZE_LIMITS = {"pixi": 256 << 20, "micromamba": 128 << 20}
 _ARCHIVE_MEMBER_LIMIT = 10000
+_TIMEOUT_MAX = 1e9              # seconds (31 years): more is surely a mistake, and overflows waits
+_CONFIG_LIMIT = 8 << 20         # bytes of one config or requirements file
 _LOCK_TIMEOUT = 3600.0        # seconds to wait for another process's lock (a build can take long)
 _DOWNLOAD_ATTEMPTS = 4        # tries per file for transient errors
 _BACKOFF_SECONDS = 1.0        # first retry delay; doubles each time
@@ -2240,6 +2252,26 @@ def _pixi_pypi_options(options, directory):
     return args
 
 
+def _read_small_text(path, what):
+    """The text of a config file: a regular file of at most _CONFIG_LIMIT bytes
+    (``-r /dev/zero`` or a FIFO in a requirements file is a SpecError)."""
+    import stat
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError("%s %r is not a regular file" % (what, path))
+        if st.st_size > _CONFIG_LIMIT:
+            raise SpecError("%s %r is %s, more than the %s a config file may be" % (
+                what, path, _human_bytes(st.st_size), _human_bytes(_CONFIG_LIMIT)))
+        with open(path, "rb") as f:
+            data = f.read(_CONFIG_LIMIT + 1)
+    except OSError as exc:
+        raise SpecError("cannot read %s %r: %s" % (what, path, exc.strerror or exc))
+    if len(data) > _CONFIG_LIMIT:
+        raise SpecError("%s %r is more than the %s a config file may be" % (what, path, _human_bytes(_CONFIG_LIMIT)))
+    return data.decode("utf-8-sig", "replace")
+
+
 def _read_requirements(path, _seen=None):
     """Requirement lines of a requirements file, following -r includes.
 
@@ -2252,11 +2284,7 @@ def _read_requirements(path, _seen=None):
     if path in seen:
         raise SpecError("requirements file %r includes itself (through %s)" % (path, " -> ".join(seen)))
     seen.append(path)
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            text = f.read()
-    except OSError as exc:
-        raise SpecError("cannot read requirements file %r: %s" % (path, exc))
+    text = _read_small_text(path, "requirements file")
     entries, files = [], [path]
     lines = re.sub(r"\\\r?\n", "", text).splitlines()
     for number, raw in enumerate(lines, 1):
@@ -2294,11 +2322,7 @@ def _read_environment_yml(path):
     and a nested 'pip:' list).  Anything else is reported, not guessed at.
     """
     import re
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise SpecError("cannot read %r: %s" % (path, exc))
+    lines = _read_small_text(path, "environment file").splitlines()
 
     def fail(number, why):
         raise SpecError("%s line %d: %s (wetlite reads 'name', 'channels' and 'dependencies' with a nested "
@@ -3860,6 +3884,29 @@ def _activation_lines(kind, shell, prefix, root=None, tool_exe=None, manifest=No
     raise SpecError("unknown environment kind %r" % (kind,))
 
 
+_CMD_SPECIAL = '&|<>^%"\r\n'
+
+
+def _check_batch_arguments(argv):
+    """Refuse arguments cmd.exe would read as code when argv[0] is a .bat or .cmd file.
+
+    Windows runs a batch file through cmd.exe, which re-parses the whole
+    command line: no quoting PowerShell does keeps "&", "|" or "%VAR%" in an
+    argument from acting (the "BatBadBut" class of bugs).  Such arguments
+    are refused; write the command as a string of shell code instead, with
+    cmd's own escapes, or call the program the batch file wraps.
+    """
+    if not argv[0].lower().endswith((".bat", ".cmd")):
+        return
+    for arg in argv[1:]:
+        bad = sorted(set(c for c in arg if c in _CMD_SPECIAL))
+        if bad:
+            raise SpecError(
+                "argument %r of %s contains %s, which cmd.exe (which runs .bat and .cmd files) would treat as "
+                "code; pass the command as a string with cmd's escapes, or call the program the batch file runs"
+                % (arg, argv[0], " ".join(repr(c) for c in bad)))
+
+
 def _bash_words(argv):
     return " ".join(_quote_bash(a, always=(i == 0)) for i, a in enumerate(argv))
 
@@ -3889,6 +3936,8 @@ def _render_script(shell, activation, commands):
              "}"]
     lines.extend(activation)
     for command in commands:
+        if not isinstance(command, str):
+            _check_batch_arguments(command)
         # $LASTEXITCODE keeps its old value across cmdlets, so reset it first.
         lines.append("$global:LASTEXITCODE = 0")
         lines.append(command if isinstance(command, str) else _powershell_call(command))
@@ -3960,6 +4009,14 @@ def _child_environ(extra=None, scrub_tools=False):
         env.pop(name, None)
     if extra:
         env.update(extra)
+    return env
+
+
+def _isolate_user_site(env, kind):
+    """``env`` with the user's site-packages turned off, for any environment
+    but the host's (kind "main"), unless WETLITE_USER_SITE=1."""
+    if kind != "main" and os.environ.get(_ENV_USER_SITE, "") in ("", "0"):
+        env["PYTHONNOUSERSITE"] = "1"
     return env
 
 
@@ -4169,14 +4226,32 @@ class Environment(object):
         return _render_script(shell, self._activation(shell), items)
 
     def _activation(self, shell):
-        tool_exe = self.manager._tool_exe_path() if self.tool in ("pixi", "micromamba") else None
+        tool_exe = None
+        if self.tool in ("pixi", "micromamba"):
+            tool_exe = self.manager._tool_exe_path(windows=shell == "powershell")
         return _activation_lines(self.tool, shell, self.path, self.manager.root, tool_exe, self.manifest,
                                  self.pixi_env)
+
+    def _environ(self, extra=None):
+        """The environment variables this environment's processes start from.
+
+        The user's site-packages (~/.local/lib/pythonX.Y) stay out of every
+        environment but the host's, as a venv keeps them out: set
+        WETLITE_USER_SITE=1 to let them in.
+        """
+        env = _isolate_user_site(_child_environ(scrub_tools=True), self.tool)
+        if extra:
+            env.update(extra)
+        return env
 
     def _prepare_script(self, commands, shell):
         if self.tool in ("pixi", "micromamba"):
             self.manager.install_tool()
         shell = shell or _default_shell()
+        if shell == "powershell" and not _WINDOWS:
+            raise SpecError("PowerShell scripts are written for Windows (prefix\\Scripts, the commands for "
+                            "'windows'); on Linux and macOS run commands with shell='bash' (env.script(..., "
+                            "shell='powershell') still shows one)")
         return shell, _shell_argv(shell, _write_script(self.script(commands, shell), shell))
 
     def execute_commands(self, commands, wait=False, popen_kwargs=None, shell=None, log=False):
@@ -4191,7 +4266,7 @@ class Environment(object):
         import subprocess
         shell, argv = self._prepare_script(commands, shell)
         kwargs = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT,
-                  "env": _child_environ(scrub_tools=True)}
+                  "env": self._environ()}
         kwargs.update(_text_kwargs())
         kwargs.update(_session_kwargs())
         kwargs.update(popen_kwargs or {})
@@ -4222,9 +4297,10 @@ class Environment(object):
         ``output_tail``) if a command fails and ``check`` is true.
         """
         import subprocess
+        timeout = _check_timeout(timeout)
         shell, argv = self._prepare_script(commands, shell)
         returncode, lines = _run_streaming(argv, "commands in environment %r" % self.name, env_name=self.name,
-                                           env=_child_environ(env, scrub_tools=True), cwd=cwd, on_line=output,
+                                           env=self._environ(env), cwd=cwd, on_line=output,
                                            timeout=timeout, log_level=10)
         if check and returncode != 0:
             tail = "\n".join(lines[-_OUTPUT_TAIL_LINES:])
@@ -4245,6 +4321,7 @@ class Environment(object):
 
         Calls start the worker on demand too, and restart it after a crash.
         """
+        timeout = _check_timeout(timeout, "launch timeout", none_ok=False)
         with self._launching:               # two threads after a crash start one worker
             worker = self._worker
             if output is not None:
@@ -4278,9 +4355,12 @@ class Environment(object):
         own type when the host has it, else as RemoteError.  ``timeout``
         (seconds) raises CallTimeout and stops the call.
         """
-        module = _TARGETS.get(module) or _module_target(module)
-        if type(args) is not tuple and type(args) is not list or kwargs is not None and type(kwargs) is not dict:
+        module = type(module) is str and _TARGETS.get(module) or _module_target(module)
+        if (type(function) is not str or not function or type(args) is not tuple and type(args) is not list
+                or kwargs is not None and type(kwargs) is not dict):
             _check_call_arguments(function, args, kwargs)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
         worker = self._worker
         if worker is None or worker.dead is not None or worker._closed:
             worker = self._running_worker()
@@ -4294,6 +4374,7 @@ class Environment(object):
         import concurrent.futures
         module = _module_target(module)
         _check_call_arguments(function, args, kwargs)
+        timeout = _check_timeout(timeout)
         future = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         return self._call(("call", module, function), (args, kwargs), (module, function), timeout, future)
@@ -4307,6 +4388,7 @@ class Environment(object):
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
         """Run a Python script in the worker, with ``sys.argv = [path] + args``."""
         path = os.path.abspath(os.fspath(path))
+        timeout = _check_timeout(timeout)
         return self._call(("script", path), (args, {"run_name": run_name}),
                           "script %s in environment %r" % (path, self.name), timeout)
 
@@ -4323,7 +4405,7 @@ class Environment(object):
         return [self.python, "-u", os.path.join(_runtime_dir(self.manager._checked_root()), "_wetlite_worker.py")]
 
     def _worker_environ(self):
-        env = _apply_activation(_child_environ(scrub_tools=True), self._activation_environ())
+        env = _apply_activation(self._environ(), self._activation_environ())
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -4350,7 +4432,7 @@ class Environment(object):
         if self.tool == "venv":
             return {"set": {"VIRTUAL_ENV": self.path}, "unset": [],
                     "path_prepend": [os.path.dirname(self.python)]}
-        base = _child_environ(scrub_tools=True)
+        base = self._environ()
         if self.tool == "pixi":
             out = _run_capture([self.manager.install_tool(), "shell-hook", "--manifest-path", self.manifest, "-e",
                                 self.pixi_env, "--json", "--frozen"], env=self.manager._tool_environ(),
@@ -4382,6 +4464,21 @@ class Environment(object):
     runScript = run_script
 
 
+def _check_timeout(timeout, what="timeout", none_ok=True):
+    """``timeout`` as seconds, if it is a finite number >= 0 (or None, meaning
+    no limit, where allowed); anything else is a SpecError."""
+    if timeout is None and none_ok:
+        return None
+    try:
+        seconds = float(timeout) if not isinstance(timeout, (bool, str, bytes)) else -1.0
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds <= _TIMEOUT_MAX:                # also false for NaN
+        raise SpecError("%s must be a number of seconds from 0 to %d%s, not %r"
+                        % (what, _TIMEOUT_MAX, " (or None for no limit)" if none_ok else "", timeout))
+    return seconds
+
+
 def _thread_lock():
     import _thread
     return _thread.allocate_lock()
@@ -4402,12 +4499,19 @@ _TARGETS = {}        # module name -> itself: names need no work on the next cal
 
 def _module_target(module):
     """A module name as given, or a .py path made absolute in the host's cwd."""
+    given = module
     if type(module) is not str:
-        module = os.fspath(module)
+        try:
+            module = os.fspath(module)
+        except TypeError:
+            module = None
     if not isinstance(module, str) or not module:
-        raise SpecError("module must be a dotted name or a path to a .py file, not %r" % (module,))
-    if module.endswith(".py") or os.sep in module or (os.altsep and os.altsep in module):
+        raise SpecError("module must be a dotted name or a path to a .py file, not %r" % (given,))
+    if module.endswith(".py"):
         return os.path.abspath(module)      # relative to the cwd of the moment: not cached
+    if os.sep in module or (os.altsep and os.altsep in module):
+        raise SpecError("module %r is a path but not a .py file; give a Python file (name.py) or a dotted "
+                        "module name" % (module,))
     if len(_TARGETS) < 1000:
         _TARGETS[module] = module
     return module
@@ -4466,6 +4570,7 @@ class _MainEnvironment(Environment):
 
     def execute(self, module, function, args=(), kwargs=None, timeout=None):
         if timeout is not None:
+            timeout = _check_timeout(timeout)
             import concurrent.futures
             future = self.submit(module, function, args, kwargs)
             try:
@@ -4564,13 +4669,14 @@ class EnvironmentManager(object):
 
     # -- the tool -----------------------------------------------------------
 
-    def _tool_exe_path(self):
-        """Where the tool binary is (or will be) without installing it."""
-        if self._tool_exe:
+    def _tool_exe_path(self, windows=_WINDOWS):
+        """Where the tool binary is (or will be) without installing it; for
+        a PowerShell script, where it is in the Windows layout."""
+        if self._tool_exe and windows == _WINDOWS:
             return self._tool_exe
         if self.tool_path:
             return os.path.abspath(os.path.expanduser(self.tool_path))
-        return os.path.join(self.root, "bin", _exe_name(self.tool))
+        return _join_path(windows, self.root, "bin", _exe_name(self.tool, windows))
 
     def install_tool(self, progress=None):
         """Install the tool if needed and return its path (None for venv).
@@ -4975,7 +5081,8 @@ class EnvironmentManager(object):
         if no_deps:
             runs.append((_pip_args(options) + ["--no-deps"] + no_deps, None))
         for args, cwd in runs:
-            self._run_tool(base + args, env.name, "pip", progress, cwd=cwd, what="pip install")
+            self._run_tool(base + args, env.name, "pip", progress,
+                           env=_isolate_user_site(self._tool_environ(), env.tool), cwd=cwd, what="pip install")
 
     # -- installing into an existing environment ----------------------------
 
@@ -5297,7 +5404,7 @@ def _rebuild_error(info, what):
     if info.get("pickle") is not None:
         try:
             exc = pickle.loads(info["pickle"])
-        except Exception:
+        except (Exception, SystemExit):         # whatever unpickling runs must not end the host
             exc = None
     if isinstance(exc, Exception):
         exc.__cause__ = _RemoteTraceback(info["traceback"])
@@ -5316,6 +5423,7 @@ def _rebuild_error(info, what):
 
 class _WorkerState(object):
     pid = None                  # the serving process: a fork()ed child is not
+    forked = None               # True in a fork()ed child; None: unknown (3.6), compare pids
     conn = None                 # the connection to the host
     lifeline = None             # the read end of the host's control pipe (POSIX)
     host_prefix = None          # the names of the host's shared-memory segments
@@ -5384,6 +5492,7 @@ def _serve():
         _WorkerState.host_prefix = reply[3] if len(reply) > 3 else None
     _WorkerState.conn = conn
     if hasattr(os, "register_at_fork"):     # 3.7+
+        _WorkerState.forked = False
         os.register_at_fork(after_in_child=_close_in_forked_child)
     asked_to_exit = False
     try:
@@ -5412,6 +5521,7 @@ def _enable_faulthandler():
 def _close_in_forked_child():
     """In a process a call fork()ed: drop the connection and the lifeline, so
     that the host sees the worker's death even while the child lives."""
+    _WorkerState.forked = True
     try:
         if _WorkerState.conn is not None:
             _WorkerState.conn.close()
@@ -5767,11 +5877,12 @@ def _call_on_main_thread(func, args, kwargs):
         result = func(*args, **kwargs)
     except BaseException as exc:
         _WorkerState.in_call = False
-        if os.getpid() != _WorkerState.pid:
+        if _WorkerState.forked is not False and (_WorkerState.forked or os.getpid() != _WorkerState.pid):
             _leave_forked_child(exc)
         raise
     _WorkerState.in_call = False
-    if os.getpid() != _WorkerState.pid:
+    # (A flag set at fork: os.getpid() is a system call, on every call.)
+    if _WorkerState.forked is not False and (_WorkerState.forked or os.getpid() != _WorkerState.pid):
         _leave_forked_child(None)
     return result
 
@@ -7187,7 +7298,7 @@ class _Worker(object):
                     import pickle
                     return pickle.loads(payload)
                 return _loads_payload(payload, self.shm_cache)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise ExecutorError("the result of %s could not be unpickled in the host (%s: %s)"
                                     % (self._what(what), type(exc).__name__, exc))
             finally:

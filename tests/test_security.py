@@ -48,12 +48,18 @@ def finishes(fn, seconds=60):
 
 
 @pytest.fixture(scope="module")
-def venv_path(tmp_path_factory):
-    """One venv on the host's Python, built once; tests wrap it with mgr.load()."""
+def shared_root(tmp_path_factory):
+    """A root with one venv environment, "shared", on the host's Python, built once."""
     root = str(tmp_path_factory.mktemp("security") / "shared-root")
     mgr = wetlite.EnvironmentManager(root=root, tool="venv")
-    env = mgr.create("shared", force_external=True)
-    return env.path
+    mgr.create("shared", force_external=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def venv_path(shared_root):
+    """The shared venv; tests wrap it with mgr.load() in roots of their own."""
+    return os.path.join(shared_root, "envs", "shared")
 
 
 def runtime_dir(root):
@@ -670,3 +676,183 @@ def test_a_call_that_ignores_the_interrupt_is_killed_with_one_warning(fresh_env,
             time.sleep(0.02)
     warnings = [r for r in caplog.records if "did not stop after an interrupt" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+
+# -- timeouts and other input ---------------------------------------------------------------------
+
+BAD_TIMEOUTS = [float("nan"), float("inf"), -1, 1e300, "5", True]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS, ids=repr)
+def test_bad_timeouts_are_spec_errors(fresh_env, calls, timeout):
+    env = fresh_env()
+    attempts = [
+        lambda: env.execute("os", "getpid", timeout=timeout),
+        lambda: env.submit("os", "getpid", timeout=timeout).result(10),
+        lambda: env.run_script(calls, timeout=timeout),
+        lambda: env.launch(timeout=timeout),
+        lambda: env.run(["true"], timeout=timeout),
+        lambda: env.manager.main_environment.execute("os", "getpid", timeout=timeout),
+    ]
+    for attempt in attempts:
+        _, err = finishes(attempt, seconds=20)
+        assert isinstance(err, wetlite.SpecError), err
+        assert "timeout" in str(err) and repr(timeout) in str(err)
+    try:
+        env.execute("os", "getpid", timeout=0)      # a valid timeout, if a short one
+    except wetlite.CallTimeout:
+        pass
+    assert env.execute("os", "getpid", timeout=30.5) != os.getpid()
+
+
+def test_launch_timeout_may_not_be_none(fresh_env):
+    with pytest.raises(wetlite.SpecError):
+        fresh_env().launch(timeout=None)
+
+
+def test_cli_call_with_a_nan_timeout(shared_root, capsys):
+    code, err = finishes(lambda: wetlite.main(["--root", shared_root, "--tool", "venv", "call", "shared", "os",
+                                               "getpid", "--timeout", "nan"]), seconds=30)
+    assert err is None and code == 1
+    assert "timeout must be a number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("function", [123, None, "", ["getpid"]], ids=repr)
+def test_a_bad_function_on_the_fast_path_is_a_spec_error(fresh_env, function):
+    env = fresh_env()
+    env.execute("os", "getpid")                     # the worker is up: the fast path
+    with pytest.raises(wetlite.SpecError) as info:
+        env.execute("os", function)
+    assert repr(function) in str(info.value)
+
+
+@pytest.mark.parametrize("module", [["x"], 123, None, "/etc/passwd", "relative/dir/module"], ids=repr)
+def test_a_bad_module_is_a_spec_error(fresh_env, module):
+    env = fresh_env()
+    env.execute("os", "getpid")
+    for call in (env.execute, env.submit):
+        with pytest.raises(wetlite.SpecError) as info:
+            call(module, "f")
+        assert repr(module) in str(info.value)
+
+
+@pytest.mark.parametrize("include", ["/dev/zero", "fifo"])
+def test_a_requirements_include_that_is_not_a_file_is_a_spec_error(tmp_path, include):
+    if include == "fifo":
+        include = str(tmp_path / "fifo")
+        os.mkfifo(include)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("-r %s\n" % include)
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    _, err = finishes(lambda: mgr.create("r", config=str(requirements), force_external=True), seconds=30)
+    assert isinstance(err, wetlite.SpecError), err
+    assert include in str(err) and "not a regular file" in str(err)
+
+
+def test_a_huge_requirements_file_is_a_spec_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(wetlite, "_CONFIG_LIMIT", 1000, raising=False)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy\n" * 1000)
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    with pytest.raises(wetlite.SpecError) as info:
+        mgr.create("r", config=str(requirements), force_external=True)
+    assert "more than" in str(info.value)
+
+
+# -- user site-packages ------------------------------------------------------------------------------
+
+
+def test_user_site_packages_stay_out_of_a_conda_style_prefix(tmp_path, monkeypatch):
+    # A conda or pixi prefix has a plain interpreter, no pyvenv.cfg: Python
+    # would add ~/.local/lib/pythonX.Y/site-packages to its path.
+    prefix = tmp_path / "prefix"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "conda-meta").mkdir()
+    os.symlink(os.path.realpath(sys.executable), str(prefix / "bin" / "python"))
+    home = tmp_path / "home"
+    site = home / ".local" / "lib" / ("python%d.%d" % sys.version_info[:2]) / "site-packages"
+    site.mkdir(parents=True)
+    (site / "leakprobe.py").write_text("WHERE = 'the user site'\n")
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("PYTHONUSERBASE", "PYTHONNOUSERSITE", "WETLITE_USER_SITE"):
+        monkeypatch.delenv(name, raising=False)
+    probe = ["python", "-c", "import leakprobe"]
+    assert subprocess.run([str(prefix / "bin" / "python")] + probe[1:], env=dict(os.environ)).returncode == 0
+
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    env = mgr.load("conda", str(prefix))
+    assert env.tool == "prefix"
+    try:
+        assert env.run([probe], check=False).returncode != 0
+        with pytest.raises(ModuleNotFoundError):
+            env.execute("leakprobe", "__name__.upper")
+        env.exit()
+        monkeypatch.setenv("WETLITE_USER_SITE", "1")            # the documented opt-out
+        assert env.run([probe], check=False).returncode == 0
+        assert env.execute("leakprobe", "WHERE.upper") == "THE USER SITE"
+    finally:
+        mgr.exit()
+
+
+# -- unpickling, scripts ------------------------------------------------------------------------------
+
+EXITING = textwrap.dedent("""
+    import sys
+
+
+    class Exiting(Exception):
+        def __reduce__(self):
+            return (sys.exit, (3,))         # what unpickling it in the host runs
+
+
+    class ExitingResult(object):
+        def __reduce__(self):
+            return (sys.exit, (4,))
+
+
+    def raise_it():
+        raise Exiting("boom")
+
+
+    def return_it():
+        return ExitingResult()
+""")
+
+
+def test_an_error_or_result_whose_unpickling_exits_does_not_end_the_host(fresh_env, tmp_path):
+    path = tmp_path / "exiting.py"
+    path.write_text(EXITING)
+    env = fresh_env()
+    with pytest.raises(wetlite.RemoteError) as info:
+        env.execute(str(path), "raise_it")
+    assert "Exiting" in str(info.value) and "boom" in str(info.value)
+    with pytest.raises(wetlite.ExecutorError) as info:
+        env.execute(str(path), "return_it")
+    assert "could not be unpickled" in str(info.value)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="PowerShell is the shell there")
+def test_powershell_scripts_are_written_for_windows_and_not_run_elsewhere(tmp_path):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="micromamba")
+    env = wetlite.Environment(mgr, "e", str(tmp_path / "root" / "envs" / "e"), "micromamba")
+    text = env.script(["python -V"], shell="powershell")
+    tool = wetlite._quote_powershell(str(tmp_path / "root") + "\\bin\\micromamba.exe")
+    assert "& %s 'shell' 'hook'" % tool in text
+    venv = wetlite.Environment(mgr, "v", "/x/envs/v", "venv")
+    assert "'/x/envs/v\\Scripts'" in venv.script(["python -V"], shell="powershell")
+    for run in (venv.run, venv.execute_commands):
+        with pytest.raises(wetlite.SpecError) as info:
+            run(["python -V"], shell="powershell")
+        assert "shell='bash'" in str(info.value)
+
+
+@pytest.mark.parametrize("arg", ["a&calc", "x|y", "%PATH%", 'say "hi"', "a^b", "<in", "line\nbreak"])
+def test_batch_files_refuse_arguments_cmd_would_run(tmp_path, arg):
+    env = wetlite.EnvironmentManager(root=str(tmp_path), tool="venv").main_environment
+    for name in ("build.bat", "C:\\tools\\Setup.CMD"):
+        with pytest.raises(wetlite.SpecError) as info:
+            env.script([[name, "ok", arg]], shell="powershell")
+        assert repr(arg) in str(info.value) and "cmd.exe" in str(info.value)
+    assert "'a&calc'" in env.script([["tool.exe", "a&calc"]], shell="powershell")     # no cmd.exe there
+    assert "'safe arg'" in env.script([["build.bat", "safe arg"]], shell="powershell")

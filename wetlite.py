@@ -591,9 +591,23 @@ def _untrusted_reason(st):
     """Why a file or directory with this stat is not safe to take code from, or None."""
     if st.st_uid not in (os.geteuid(), 0):
         return "belongs to user id %d, not to you (%d)" % (st.st_uid, os.geteuid())
-    if st.st_mode & 0o022:
+    if st.st_mode & 0o002 or st.st_mode & 0o020 and not _private_group(st.st_gid):
         return "can be written by its group or by other users (mode %03o)" % (st.st_mode & 0o777)
     return None
+
+
+def _private_group(gid):
+    """Is ``gid`` this user's own group, named after them and with no other
+    member?  (Distributions with such groups give users umask 002, so their
+    directories are group-writable, and that is harmless.)"""
+    try:
+        import grp
+        import pwd
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return gid == os.getegid() and group.gr_name == user and set(group.gr_mem) <= set([user])
 
 
 def _check_trusted(path, what):

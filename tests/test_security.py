@@ -118,6 +118,32 @@ def test_a_root_or_dir_others_can_write_is_refused(tmp_path, venv_path, where):
     assert not marker.exists()
 
 
+def test_a_group_writable_root_of_ones_private_group_is_fine(tmp_path, venv_path):
+    # umask 002 with a private group per user (Debian, Ubuntu, Fedora): harmless.
+    if not wetlite._private_group(os.getegid()):
+        pytest.skip("this user's group is not a private group")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(str(root), 0o775)
+    env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
+    try:
+        assert env.execute("os", "getpid") != os.getpid()
+    finally:
+        env.exit()
+
+
+@needs_root
+def test_a_root_writable_by_a_shared_group_is_refused(tmp_path, venv_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chown(str(root), os.geteuid(), OTHER_UID)
+    os.chmod(str(root), 0o770)
+    env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
+    with pytest.raises(wetlite.WetliteError) as info:
+        env.execute("os", "getpid")
+    assert "can be written by its group" in str(info.value)
+
+
 def test_a_planted_runtime_copy_is_replaced_not_run(tmp_path, venv_path):
     # The hash in the path is public (it is the hash of wetlite.py): the
     # content is what must be checked.

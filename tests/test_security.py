@@ -390,8 +390,13 @@ def test_existing_environments_work_on_a_read_only_root(tmp_path, read_only, run
     try:
         assert env.execute("os", "getpid") != os.getpid()
         assert again.get("e").path == env.path
+        fallback = wetlite._RUNTIME_FALLBACK.get(wetlite._self_source()[1])
+        assert (fallback is not None) == (runtime_copy == "missing")
     finally:
         again.exit()
+        for directory in wetlite._RUNTIME_FALLBACK.values():     # (otherwise removed at exit)
+            wetlite._rmtree(directory)
+        wetlite._RUNTIME_FALLBACK.clear()
 
 
 # -- leftovers of killed processes ---------------------------------------------------------------------

@@ -43,7 +43,8 @@ Command line::
 
 Vendoring: copy this file unchanged to ``yourpkg/_vendor/wetlite.py``, keep
 the header, import it as ``from yourpkg._vendor import wetlite`` and check the
-copy with ``python yourpkg/_vendor/wetlite.py --version``.
+copy with ``python yourpkg/_vendor/wetlite.py --version``.  Its command line
+is then ``python -m yourpkg._vendor.wetlite``.
 
 Environment variables:
 
@@ -86,6 +87,7 @@ __all__ = [
     "SpecError",
     "ConfigNotFoundError",
     "CommandError",
+    "CommandTimeout",
     "ExecutorError",
     "ProtocolError",
     "RemoteError",
@@ -289,6 +291,18 @@ class CommandError(WetliteError):
         WetliteError.__init__(self, message)
         self.returncode = returncode
         self.output_tail = output_tail
+
+
+class CommandTimeout(CommandError, TimeoutError):
+    """Commands did not finish within their timeout; they were stopped."""
+
+
+class _StorageError(WetliteError, OSError):
+    """A file or directory wetlite needs could not be written (a full disk, a
+    read-only root, ...).  Also an OSError, for callers that catch those."""
+
+    def __str__(self):                  # OSError's own would show "[Errno N] None: path"
+        return str(self.args[0]) if self.args else ""
 
 
 class ExecutorError(WetliteError):
@@ -552,8 +566,10 @@ def _atomic_write(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         _remove_quietly(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = path         # a failed write() does not say where
         raise
 
 
@@ -746,6 +762,42 @@ def _write_json(path, obj):
     _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _storage_error(exc, doing, path=None):
+    """An OSError met while ``doing`` something, as a WetliteError naming the path and the fix."""
+    import errno
+    if isinstance(exc, WetliteError):
+        return exc
+    path = path or exc.filename or "?"
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        fix = "free some space there, or use a root on another disk (WETLITE_ROOT)"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make it writable, or use another root (WETLITE_ROOT)"
+    else:
+        fix = "check that path"
+    error = _StorageError("%s failed: %s: %s; %s" % (doing, path, exc.strerror or exc, fix))
+    error.errno, error.filename = code, path
+    return error
+
+
+def _tree_size(path):
+    """Bytes on disk under ``path`` (each hard-linked file once; links not followed)."""
+    seen = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            blocks = getattr(st, "st_blocks", None)
+            total += blocks * 512 if blocks is not None else st.st_size
+    return total
+
+
 def _remove_quietly(path):
     try:
         os.remove(path)
@@ -788,13 +840,28 @@ class _FileLock(object):
         self.timeout = _LOCK_TIMEOUT if timeout is None else timeout
         self._file = None
 
+    def _open(self):
+        _makedirs_private(os.path.dirname(self.path))
+        return _open_private(self.path, "r+b")
+
+    def acquire_nowait(self):
+        """Take the lock if it is free and return True; else (or if it cannot be opened) False at once."""
+        try:
+            f = self._open()
+        except OSError:
+            return False
+        if self._try_lock(f):
+            self._file = f
+            return True
+        f.close()
+        return False
+
     def __enter__(self):
         import errno
         import time
         directory = os.path.dirname(self.path)
         try:
-            _makedirs_private(directory)
-            f = _open_private(self.path, "r+b")
+            f = self._open()
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and os.path.isdir(directory):
                 _log().debug("cannot take %s (%s): %s; going on without it", self.what, self.path, exc.strerror)
@@ -1430,11 +1497,10 @@ def _install_tool(tool, root, tag, base_url, proxies=None, verify=True, platform
     with _FileLock(os.path.join(root, "state", "locks", "install-" + tool + ".lock"), "the %s install lock" % tool):
         if os.path.isfile(target) and _read_marker(marker) == tag:
             return target           # another process installed it while we waited
-        import glob
         import tempfile
         _makedirs_private(bin_dir)
         # Holding the lock, any other staging dir is a killed install's leftover.
-        for stale in glob.glob(os.path.join(glob.escape(bin_dir), ".install-" + tool + "-*")):
+        for stale in _install_stages(bin_dir, tool):
             _log().debug("removing %s, left by an install that was killed", stale)
             _rmtree(stale)
         stage = tempfile.mkdtemp(prefix=".install-" + tool + "-", dir=bin_dir)
@@ -1454,6 +1520,12 @@ def _install_tool(tool, root, tag, base_url, proxies=None, verify=True, platform
         finally:
             _rmtree(stage)
     return target
+
+
+def _install_stages(bin_dir, tool):
+    """The staging dirs of ``tool`` installs in ``bin_dir`` (stale unless its install lock is held)."""
+    import glob
+    return glob.glob(os.path.join(glob.escape(bin_dir), ".install-" + tool + "-*"))
 
 
 def _read_marker(path):
@@ -4075,14 +4147,15 @@ def _pump_lines(proc, on_line):
 
 
 def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None, what=None, timeout=None,
-                   log_level=20, env_name=None):
+                   log_level=20, env_name=None, timeout_what=None):
     """Run ``argv`` to completion, streaming its output; return (returncode, output lines).
 
     Each line goes to the logger at ``log_level`` (INFO), its record carrying
     ``env_name`` as Wetlands' do, and to ``on_line``.
     The child is killed, with its tree, if the caller is interrupted or the
-    timeout passes.  ``what`` names the operation in the CommandError raised
-    on a non-zero exit; with ``what=None`` the caller checks the code.
+    timeout passes (CommandTimeout, naming ``timeout_what``).  ``what`` names
+    the operation in the CommandError raised on a non-zero exit; with
+    ``what=None`` the caller checks the code.
     """
     import collections
     import subprocess
@@ -4103,7 +4176,10 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
         tail.append(shown)
         logger.log(log_level, "%s: %s", label, shown, extra=extra)
         if log_file is not None:
-            log_file.write(shown + "\n")
+            try:
+                log_file.write(shown + "\n")
+            except OSError as exc:
+                raise _storage_error(exc, "writing the log of %s" % label, log_path)
         if on_line is not None:
             on_line(line)
 
@@ -4138,8 +4214,10 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
         if log_file is not None:
             log_file.close()
     if timed_out:
-        raise CommandError("%s did not finish within %s s and was stopped:\n%s" % (what or label, timeout, _indent(tail)),
-                           returncode=returncode, output_tail="\n".join(tail))
+        raise CommandTimeout("stopped %s: the timeout of %s s passed%s"
+                             % (timeout_what or what or label, timeout,
+                                "; the last output:\n" + _indent(tail) if tail else " (there was no output)"),
+                             returncode=returncode, output_tail="\n".join(tail))
     if returncode != 0 and what is not None:
         raise CommandError(
             "%s failed with exit code %s%s:\n%s" % (
@@ -4155,7 +4233,7 @@ def _run_capture(argv, env=None, cwd=None, timeout=600, what=None):
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=env, cwd=cwd, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise CommandError("%s did not finish within %d s" % (what or argv[0], timeout))
+        raise CommandTimeout("stopped %s: the timeout of %s s passed" % (what or argv[0], timeout))
     except OSError as exc:
         raise ToolError("cannot run %s: %s" % (argv[0], exc))
     if proc.returncode != 0:
@@ -4194,6 +4272,7 @@ class Environment(object):
         self._worker = None
         self._worker_output = None
         self._activation_cache = None
+        self._runtime_hold = None               # keeps gc away from the runtime copy the worker runs
         self._launching = _thread_lock()
 
     def __repr__(self):
@@ -4203,8 +4282,17 @@ class Environment(object):
 
     def install(self, dependencies=None, post_install=None, *, config=None, optional_dependencies=None,
                 progress=None):
-        """Install more dependencies (same spec format and options as ``create``)."""
-        self.manager._install(self, dependencies, config, progress, optional_dependencies, post_install)
+        """Install more dependencies (same spec format and options as ``create``).
+
+        The record keeps what was installed (``mgr.list()``, ``wetlite info
+        NAME``); the environment's recipe does not change, so ``create`` with
+        the original recipe still reuses it.
+        """
+        self._check_present()
+        try:
+            self.manager._install(self, dependencies, config, progress, optional_dependencies, post_install)
+        except OSError as exc:
+            raise _storage_error(exc, "installing into environment %r" % self.name)
 
     def packages(self):
         """Installed packages: a list of {"name", "version", "kind", "source"}.
@@ -4237,7 +4325,30 @@ class Environment(object):
         if shell not in _SHELLS:
             raise SpecError("unknown shell %r: choose %s" % (shell, " or ".join(_SHELLS)))
         items = _command_list(commands, _target_platform(shell))
+        self._check_present()
         return _render_script(shell, self._activation(shell), items)
+
+    def _check_present(self):
+        """Raise SpecError unless this environment is there, complete and usable.
+
+        Without this check a deleted environment would run on the host's
+        Python: its scripts put a bin/ that no longer exists first on PATH.
+        """
+        if self.managed:
+            record, problem = self.manager._load_record(self.name)
+            if record is None and problem is None:
+                raise SpecError("environment %r was removed (%s has no record of it any more); create it again "
+                                "with mgr.create(%r, ...)" % (self.name, self.manager.root, self.name))
+            status, problem = ("broken", problem) if record is None else _record_status(record)
+            if status != "ready":
+                raise SpecError(self.manager._unusable(self.name, status, problem))
+        elif self.tool != "main":
+            # A loaded prefix may hold no Python (tools only), and pixi installs a
+            # loaded workspace's environment on first use: check what must be there.
+            needed = self.manifest if self.tool == "pixi" and self.manifest else self.path
+            if not os.path.exists(needed):
+                raise SpecError("environment %r is missing: %s does not exist (moved or deleted?); load it again "
+                                "from where it is now with mgr.load(%r, path)" % (self.name, needed, self.name))
 
     def _activation(self, shell):
         tool_exe = None
@@ -4266,7 +4377,11 @@ class Environment(object):
             raise SpecError("PowerShell scripts are written for Windows (prefix\\Scripts, the commands for "
                             "'windows'); on Linux and macOS run commands with shell='bash' (env.script(..., "
                             "shell='powershell') still shows one)")
-        return shell, _shell_argv(shell, _write_script(self.script(commands, shell), shell))
+        text = self.script(commands, shell)
+        try:
+            return shell, _shell_argv(shell, _write_script(text, shell))
+        except OSError as exc:
+            raise _storage_error(exc, "writing the script for environment %r" % self.name)
 
     def execute_commands(self, commands, wait=False, popen_kwargs=None, shell=None, log=False):
         """Start ``commands`` in this environment and return the subprocess.Popen.
@@ -4315,7 +4430,8 @@ class Environment(object):
         shell, argv = self._prepare_script(commands, shell)
         returncode, lines = _run_streaming(argv, "commands in environment %r" % self.name, env_name=self.name,
                                            env=self._environ(env), cwd=cwd, on_line=output,
-                                           timeout=timeout, log_level=10)
+                                           timeout=timeout, log_level=10,
+                                           timeout_what="the commands in environment %r" % self.name)
         if check and returncode != 0:
             tail = "\n".join(lines[-_OUTPUT_TAIL_LINES:])
             raise CommandError("command failed with exit code %s in environment %r:\n%s"
@@ -4343,7 +4459,16 @@ class Environment(object):
                 if worker is not None:
                     worker.output = output
             if worker is None or worker.dead is not None or worker._closed:
-                self._worker = _Worker(self, timeout, self._worker_output)
+                # The slow path only: a running worker's calls pay for none of these checks.
+                self.manager._check_open(self.name)
+                self._check_present()
+                try:
+                    self._runtime_hold = _hold_runtime(self.manager.root)
+                    self._worker = _Worker(self, timeout, self._worker_output)
+                except OSError as exc:
+                    if isinstance(exc, WetliteError):
+                        raise
+                    raise _storage_error(exc, "starting the worker of environment %r" % self.name)
         return self
 
     def _running_worker(self):
@@ -4409,6 +4534,7 @@ class Environment(object):
     def exit(self):
         """Stop this environment's worker, if one runs.  Idempotent."""
         worker, self._worker = self._worker, None
+        self._runtime_hold = None
         if worker is not None:
             worker.close()
 
@@ -4427,13 +4553,13 @@ class Environment(object):
         """What activating this environment changes, computed once and kept in its record."""
         if self._activation_cache is not None:
             return self._activation_cache
-        record_path = self.manager._record_path(self.name) if self.managed else None
-        record = _read_json(record_path) if record_path else None
+        record = self.manager._load_record(self.name)[0] if self.managed else None
         activation = (record or {}).get("activation")
-        if activation is None:
+        if not _valid_activation(activation):         # none yet, or a bad cache: capture it again
             activation = self._capture_activation()
-            if record is not None and record.get("prefix") == self.path:
+            if record is not None and record["prefix"] == self.path:
                 record["activation"] = activation
+                record_path = self.manager._record_path(self.name)
                 try:
                     _write_json(record_path, record)
                 except OSError as exc:          # a read-only root: computed again next time
@@ -4580,9 +4706,12 @@ class _MainEnvironment(Environment):
         self._pool = None
 
     def launch(self, timeout=60, output=None):
+        self.manager._check_open(self.name)
         return self
 
     def execute(self, module, function, args=(), kwargs=None, timeout=None):
+        if self.manager._closed:
+            self.manager._check_open(self.name)
         if timeout is not None:
             timeout = _check_timeout(timeout)
             import concurrent.futures
@@ -4596,15 +4725,18 @@ class _MainEnvironment(Environment):
 
     def submit(self, module, function, args=(), kwargs=None, timeout=None):
         import concurrent.futures
+        self.manager._check_open(self.name)
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1)   # in order, like a worker
         target = _module_target(module)
         return self._pool.submit(lambda: _resolve(target, function)(*args, **(kwargs or {})))
 
     def import_module(self, module):
+        self.manager._check_open(self.name)
         return _resolve(_module_target(module), None)
 
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
+        self.manager._check_open(self.name)
         return _run_script(os.path.abspath(os.fspath(path)), *args, run_name=run_name)
 
     def exit(self):
@@ -4671,6 +4803,7 @@ class EnvironmentManager(object):
         self.main_environment = _MainEnvironment(self)
         self._tool_exe = None
         self._root_checked = False
+        self._closed = False                    # exit() closes; `with mgr:` opens again
 
     def __repr__(self):
         return "<EnvironmentManager %s at %r>" % (self.tool, self.root)
@@ -4790,6 +4923,44 @@ class EnvironmentManager(object):
         return _FileLock(os.path.join(self.root, "state", "locks", "env-" + name + ".lock"),
                          "the lock of environment %r" % name)
 
+    def _load_record(self, name):
+        """``(record, None)``; ``(None, why)`` for a broken record; ``(None, None)`` if there is none."""
+        path = self._record_path(name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, "%s cannot be read (%s)" % (path, exc.strerror or exc)
+        problem = _record_problem(name, data)
+        if problem is not None:
+            return None, "%s %s" % (path, problem)
+        import json
+        return json.loads(data.decode("utf-8")), None
+
+    def _unusable(self, name, status, problem):
+        """The message for an environment that exists on record but cannot be used."""
+        if status == "broken":
+            return ("environment %r cannot be used: its record %s; remove it with mgr.remove(%r) (this deletes %s), "
+                    "then create it again" % (name, problem, name, self._env_dir(name)))
+        if status == "half-built":
+            return ("environment %r is half-built: %s (another process may be building it now, or a build was "
+                    "interrupted); mgr.create(%r, ...) builds it again, mgr.remove(%r) deletes it"
+                    % (name, problem, name, name))
+        return ("environment %r is missing: %s does not exist (deleted outside wetlite?); mgr.create(%r, ...) "
+                "builds it again, mgr.remove(%r) forgets it" % (name, problem, name, name))
+
+    def _no_such(self, name):
+        known = ", ".join(e["name"] for e in self.list() if e["status"] == "ready") or "none"
+        return SpecError("no environment named %r under %s (known: %s); create it with mgr.create(%r, ...)"
+                         % (name, self.root, known, name))
+
+    def _check_open(self, name):
+        if self._closed:
+            raise ExecutorError("environment %r cannot start a worker or run a call: its manager was closed by "
+                                "mgr.exit(); use a new EnvironmentManager (or `with mgr:` again)" % (name,))
+
     def _from_record(self, name, record):
         return Environment(self, name, record["prefix"], record["tool"], python=record.get("python"),
                            manifest=record.get("manifest"), managed=True,
@@ -4799,11 +4970,14 @@ class EnvironmentManager(object):
         self.environments[env.name] = env
         return env
 
+    def _owns(self, directory):
+        """Is ``directory`` inside root (so that wetlite may delete it)?"""
+        return isinstance(directory, str) and os.path.abspath(directory).startswith(os.path.join(self.root, ""))
+
     def _discard(self, name, record):
         """Delete a managed environment's files and record (only inside root)."""
         directory = record.get("dir") or self._env_dir(name, record.get("tool"))
-        inside = os.path.abspath(directory).startswith(os.path.join(self.root, ""))
-        if inside:
+        if self._owns(directory):
             _rmtree(directory)
         _remove_quietly(self._record_path(name))
 
@@ -4840,27 +5014,30 @@ class EnvironmentManager(object):
                 "subdir": subdir, "post_install": post_install}
 
     def _host_satisfies(self, recipe):
-        """Does the host interpreter already have everything the recipe asks for?"""
+        """Why the host interpreter already has everything the recipe asks for, or None if it does not."""
         cfg = recipe["config"] or {}
         if cfg.get("manifest") or recipe["post_install"]:
-            return False
-        if recipe["python"] and not _python_spec_matches(recipe["python"], "%d.%d.%d" % sys.version_info[:3]):
-            return False
+            return None
+        host = "%d.%d.%d" % sys.version_info[:3]
+        if recipe["python"] and not _python_spec_matches(recipe["python"], host):
+            return None
         spec, subdir = recipe["spec"], recipe["subdir"]
         conda = sum(_select_entries(spec["conda"], subdir, "conda"), []) + list(cfg.get("conda", []))
         pip = sum(_select_entries(spec["pip"], subdir, "pip"), []) + list(cfg.get("pip", []))
         if conda:
             records = _host_conda_records(self.main_environment.path)
             if not records or not all(_conda_spec_satisfied(s, records) for s in conda):
-                return False
+                return None
         requirements = [p for p in pip if not p.startswith("-")]
         if any(p.startswith(("-e", "--editable")) for p in pip):
-            return False
+            return None
         if requirements:
             environment = _marker_environment()
             if not all(_requirement_satisfied(r, environment) for r in requirements):
-                return False
-        return True
+                return None
+        reasons = ["its Python %s matches %r" % (host, recipe["python"])] if recipe["python"] else []
+        reasons += ["it has %s" % ", ".join(conda + requirements)] if conda or requirements else []
+        return " and ".join(reasons) or "the recipe asks for no dependencies"
 
     # -- creating -----------------------------------------------------------
 
@@ -4890,33 +5067,48 @@ class EnvironmentManager(object):
         """
         _check_env_name(name)
         recipe = self._recipe(dependencies, config, optional_dependencies, post_install)
-        if not force_external and self._host_satisfies(recipe):
-            _log().info("the host interpreter satisfies %r: using the main environment", name,
+        why = None if force_external else self._host_satisfies(recipe)
+        if why:
+            _log().info("environment %r: the host interpreter %s is used in-process, because %s; pass "
+                        "force_external=True for an isolated environment", name, sys.executable, why,
                         extra={"env_name": name})
+            self.environments[name] = self.main_environment
             return self.main_environment
+        try:
+            return self._create(name, recipe, replace, progress)
+        except OSError as exc:
+            raise _storage_error(exc, "creating environment %r" % name)
+
+    def _create(self, name, recipe, replace, progress):
         existing = self.environments.get(name)
         with self._lock(name):
-            record = _read_json(self._record_path(name))
+            record, problem = self._load_record(name)
             if record is not None:
-                ready = record.get("state") == "ready" and os.path.isdir(record.get("prefix") or "")
-                if ready and record.get("recipe_hash") == recipe["hash"]:
+                status, detail = _record_status(record)
+                if status == "ready" and record.get("recipe_hash") == recipe["hash"]:
                     if existing is not None and existing.managed and existing.path == record["prefix"]:
                         return existing
                     return self._register(self._from_record(name, record))
-                if ready and not replace:
+                if status == "ready" and not replace:
+                    changes = _recipe_diff(record.get("recipe"), _mask_secrets(recipe["identity"]))
                     raise SpecError(
-                        "environment %r already exists with a different recipe; pass replace=True to rebuild it, "
-                        "or choose another name (existing: %s)" % (name, _json_dumps(record.get("recipe"))))
-                if not ready:
-                    _log().warning("environment %r was left half-built (%s); rebuilding it",
-                                   name, record.get("state"))
-                if existing is not None:
-                    existing.exit()
-                self._discard(name, record)
+                        "environment %r already exists with a different recipe:\n%s\npass replace=True to rebuild "
+                        "it, or choose another name"
+                        % (name, _indent(changes or ["(they differ in credentials, which records keep masked)"])))
+                if status != "ready":
+                    _log().warning("environment %r is %s (%s); rebuilding it", name, status, detail)
+            elif problem is not None:
+                if not replace:
+                    raise SpecError(self._unusable(name, "broken", problem) + ", or pass replace=True to rebuild it")
+                record = {}
             elif os.path.lexists(self._env_dir(name)):
                 raise SpecError(
                     "%s exists but was not created by wetlite (there is no record of it); remove it, choose "
                     "another name, or wrap it with mgr.load(%r, path)" % (self._env_dir(name), name))
+            if record is not None:
+                if existing is not None:
+                    existing.exit()
+                self._discard(name, record)
             return self._register(self._build(name, recipe, progress))
 
     def _build(self, name, recipe, progress):
@@ -5131,10 +5323,12 @@ class EnvironmentManager(object):
                 env.run(post_install, output=lambda line: self._report(progress, "install", line))
             env._activation_cache = None        # new packages may bring activation scripts
             if env.managed:
-                record = _read_json(self._record_path(env.name))
+                import time
+                record = self._load_record(env.name)[0]
                 if record is not None:
-                    record.setdefault("installed", []).append({"dependencies": _mask_secrets(spec),
-                                                               "config": cfg and cfg["path"]})
+                    record.setdefault("installed", []).append(dict(
+                        _spec_summary(_mask_secrets(spec)), config=cfg and cfg["path"],
+                        at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
                     record.pop("activation", None)
                     _write_json(self._record_path(env.name), record)
 
@@ -5191,27 +5385,66 @@ class EnvironmentManager(object):
         if env is not None:
             return env
         _check_env_name(name)
-        record = _read_json(self._record_path(name))
-        if record is None or record.get("state") != "ready":
-            known = ", ".join(e["name"] for e in self.list()) or "none"
-            raise SpecError("no environment named %r under %s (known: %s); create it with mgr.create(%r, ...)"
-                            % (name, self.root, known, name))
+        record, problem = self._load_record(name)
+        if record is None and problem is None:
+            raise self._no_such(name)
+        status, problem = ("broken", problem) if record is None else _record_status(record)
+        if status != "ready":
+            raise SpecError(self._unusable(name, status, problem))
         return self._register(self._from_record(name, record))
 
-    def list(self):
-        """Ready environments under root: dicts with name, tool, path, python_version."""
+    def list(self, sizes=False):
+        """Every environment recorded under root, as dicts, sorted by name.
+
+        Keys: ``name``, ``status`` ("ready", "missing": its files are gone,
+        "half-built": a build did not finish, or is running now, "broken": its
+        record is damaged), ``problem`` (why it is not ready, or None),
+        ``tool``, ``path``, ``python_version``, ``created`` and ``installed``
+        (what ``install()`` added since creation).  With ``sizes=True``, also
+        ``size``: bytes on disk.  Every one of them can be removed with
+        :meth:`remove`.
+        """
         import glob
         found = []
         for path in sorted(glob.glob(os.path.join(glob.escape(self._checked_root(create=False)), "state", "envs",
                                                   "*.json"))):
-            record = _read_json(path)
-            if record and record.get("state") == "ready":
-                found.append({"name": record.get("name"), "tool": record.get("tool"), "path": record.get("prefix"),
-                              "python_version": record.get("python_version"), "created": record.get("created")})
+            name = os.path.basename(path)[:-len(".json")]
+            record, problem = self._load_record(name)
+            if record is None and problem is None:
+                continue                        # removed meanwhile
+            status, detail = ("broken", problem) if record is None else _record_status(record)
+            record = record or {}
+            entry = {
+                "name": name, "status": status, "problem": None if status == "ready" else
+                self._unusable(name, status, detail),
+                "tool": record.get("tool"), "path": record.get("prefix"),
+                "python_version": record.get("python_version"), "created": record.get("created"),
+                "installed": [_installed_summary(item) for item in record.get("installed", [])],
+            }
+            if sizes:
+                directory = record.get("dir") or self._env_dir(name)
+                entry["size"] = _tree_size(directory) if self._owns(directory) else 0
+            found.append(entry)
         return found
 
+    def info(self, name):
+        """What :meth:`list` says of ``name``, plus its ``recipe`` and ``manifest`` (SpecError if unknown)."""
+        _check_env_name(name)
+        found = [e for e in self.list() if e["name"] == name]
+        if not found:
+            raise self._no_such(name)
+        record = self._load_record(name)[0] or {}
+        entry = found[0]
+        entry.update(recipe=record.get("recipe"), recipe_hash=record.get("recipe_hash"),
+                     manifest=record.get("manifest"), python=record.get("python"))
+        return entry
+
     def remove(self, name):
-        """Stop and delete the environment ``name`` (a loaded one is only forgotten)."""
+        """Stop and delete the environment ``name``, whatever its status.
+
+        A loaded environment, or a name that ``create`` gave the host
+        interpreter, is only forgotten: wetlite deletes nothing it did not build.
+        """
         _check_env_name(name)
         env = self.environments.pop(name, None)
         if env is not None:
@@ -5219,20 +5452,81 @@ class EnvironmentManager(object):
             if not env.managed:
                 return
         with self._lock(name):
-            record = _read_json(self._record_path(name))
-            if record is None:
+            record, problem = self._load_record(name)
+            if record is None and problem is None:
                 if env is None:
-                    raise SpecError("no environment named %r under %s" % (name, self.root))
+                    raise self._no_such(name)
                 return
-            self._discard(name, record)
+            self._discard(name, record or {})
         _log().info("removed environment %r", name, extra={"env_name": name})
 
+    def gc(self, dry_run=False):
+        """Remove what nothing under root needs any more, and return it.
+
+        That is: half-built environments that no process is building, the
+        records of missing ones, staging dirs of tool installs that no process
+        is running (``bin/.install-*``), and the runtime copies of other
+        wetlite versions (``state/runtime/<hash>``) that no worker uses.  Ready
+        and broken environments are left alone: :meth:`remove` deletes those.
+        Returns ``[{"path", "what", "size"}]``; with ``dry_run`` nothing is
+        removed.
+        """
+        import glob
+        found = []
+        if not self._checked_root(create=False):
+            return found
+
+        def drop(path, what, remove=_rmtree):
+            found.append({"path": path, "what": what, "size": _tree_size(path) if os.path.isdir(path) else 0})
+            if not dry_run:
+                remove(path)
+
+        for entry in self.list():
+            name = entry["name"]
+            lock = self._lock(name)
+            if entry["status"] not in ("half-built", "missing") or not lock.acquire_nowait():
+                continue                        # in use, or being built right now
+            try:
+                record = self._load_record(name)[0]
+                status = _record_status(record)[0] if record is not None else None
+                if status in ("half-built", "missing"):
+                    directory = record["dir"] if self._owns(record["dir"]) else None
+                    drop(directory if directory and os.path.lexists(directory) else self._record_path(name),
+                         "%s environment %r" % (status, name), lambda _: self._discard(name, record))
+            finally:
+                lock.__exit__(None, None, None)
+        for tool in ("pixi", "micromamba"):
+            lock = _FileLock(os.path.join(self.root, "state", "locks", "install-" + tool + ".lock"))
+            stages = _install_stages(os.path.join(self.root, "bin"), tool)
+            if stages and lock.acquire_nowait():        # no install of that tool is running
+                try:
+                    for stage in stages:
+                        drop(stage, "staging dir of an interrupted %s install" % tool)
+                finally:
+                    lock.__exit__(None, None, None)
+        current = _self_source()[1]
+        for directory in sorted(glob.glob(os.path.join(glob.escape(self.root), "state", "runtime", "*"))):
+            if os.path.basename(directory) == current or not os.path.isdir(directory):
+                continue
+            claim = _claim_unused_runtime(directory)
+            if claim is not None:
+                try:
+                    drop(directory, "runtime copy of another wetlite version")
+                    if not dry_run:
+                        _remove_quietly(directory + ".in-use")
+                finally:
+                    claim.close()
+        return found
+
     def exit(self):
-        """Stop every worker this manager started."""
+        """Stop every worker this manager started, and close it: a later call raises
+        ExecutorError instead of starting a new worker (``with mgr:`` opens it again)."""
+        self._closed = True
         for env in list(self.environments.values()) + [self.main_environment]:
             env.exit()
 
     def __enter__(self):
+        self._closed = False
         return self
 
     def __exit__(self, *exc):
@@ -5320,6 +5614,159 @@ class _NullContext(object):
 def _json_dumps(obj):
     import json
     return json.dumps(obj, sort_keys=True)
+
+
+_RUNTIME_HOLDS = None       # weakref.WeakValueDictionary: root -> its _RuntimeHold, while workers use it
+
+
+class _RuntimeHold(object):
+    """Tells gc that root's runtime copy of this file is in use, while it is referenced.
+
+    A shared lock on ``state/runtime/<hash>.in-use`` (on Windows, the open file
+    itself, which cannot be deleted while open).  Each environment with a
+    worker keeps a reference; the file closes with the last one.
+    """
+
+    def __init__(self, root):
+        self._file = None
+        path = os.path.join(root, "state", "runtime", _self_source()[1] + ".in-use")
+        try:
+            _makedirs_private(os.path.dirname(path))
+            for _ in range(3):
+                f = _open_private(path, "r+b")
+                if not _WINDOWS:
+                    import fcntl
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+                if _WINDOWS or os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                    self._file = f
+                    return
+                f.close()               # gc removed it while we waited: take the new one
+        except OSError:
+            pass                        # gc cannot see us then; a missing copy is written again at launch
+
+    def __del__(self):
+        if self._file is not None:
+            self._file.close()
+
+
+def _hold_runtime(root):
+    global _RUNTIME_HOLDS
+    if _RUNTIME_HOLDS is None:
+        import weakref
+        _RUNTIME_HOLDS = weakref.WeakValueDictionary()
+    hold = _RUNTIME_HOLDS.get(root)
+    if hold is None:
+        hold = _RUNTIME_HOLDS[root] = _RuntimeHold(root)
+    return hold
+
+
+def _claim_unused_runtime(directory):
+    """An open file that keeps hosts away from ``directory`` while gc removes it, or
+    None if a host runs workers from it (see _hold_runtime).  Close it when done."""
+    marker = directory + ".in-use"
+    if _WINDOWS:
+        try:
+            if os.path.exists(marker):
+                os.remove(marker)       # refused while a host holds it open
+            return _open_private(marker, "r+b")
+        except OSError:
+            return None
+    import fcntl
+    try:
+        f = _open_private(marker, "r+b")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+_RECORD_TEXT_FIELDS = ("tool", "dir", "prefix", "python", "state")
+
+
+def _record_problem(name, data):
+    """What is wrong with the bytes of a record (a phrase), or None if it is sound."""
+    import json
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return "is not valid JSON (truncated?)"
+    if not isinstance(record, dict):
+        return "holds a JSON %s, not an object" % type(record).__name__
+    bad = [key for key in _RECORD_TEXT_FIELDS if not isinstance(record.get(key), str) or not record[key]]
+    if bad:
+        return "lacks %s" % ", ".join(bad)
+    if record["tool"] not in _TOOLS:
+        return "names an unknown tool %r" % record["tool"]
+    if record["state"] not in ("creating", "ready"):
+        return "has an unknown state %r" % record["state"]
+    if record.get("name") != name:
+        return "is for another environment (%r)" % (record.get("name"),)
+    if not all(os.path.isabs(record[key]) for key in ("dir", "prefix", "python")):
+        return "has a relative path"
+    if not isinstance(record.get("manifest"), (str, type(None))) or not isinstance(record.get("installed", []), list):
+        return "has a malformed manifest or installed field"
+    return None
+
+
+def _record_status(record):
+    """``(status, detail)`` of a sound record: ready, half-built or missing."""
+    if record["state"] != "ready":
+        return "half-built", "its build did not finish (state %r)" % record["state"]
+    for path in (record["prefix"], record["python"], record.get("manifest")):
+        if path and not os.path.exists(path):
+            return "missing", path
+    return "ready", None
+
+
+def _valid_activation(value):
+    """Is ``value`` a captured activation (and not a damaged cache)?"""
+    return (isinstance(value, dict) and isinstance(value.get("set"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value["set"].items())
+            and isinstance(value.get("unset"), list) and all(isinstance(k, str) for k in value["unset"])
+            and isinstance(value.get("path_prepend"), list) and all(isinstance(p, str) for p in value["path_prepend"]))
+
+
+def _spec_summary(spec):
+    """A normalized spec, short: plain entries as strings, and nothing that is empty."""
+    summary = {}
+    for key in ("python", "conda", "pip", "channels"):
+        value = spec.get(key)
+        if key in ("conda", "pip") and value:
+            value = [e["name"] if isinstance(e, dict) and e.get("platforms") is None and not e.get("optional")
+                     and e.get("dependencies", True) else e for e in value]
+        if value:
+            summary[key] = value
+    return summary
+
+
+def _installed_summary(item):
+    """One entry of a record's "installed" list, in today's short form (older records kept the whole spec)."""
+    if isinstance(item, dict) and isinstance(item.get("dependencies"), dict):
+        return dict(_spec_summary(item["dependencies"]), config=item.get("config"), at=item.get("at"))
+    return item
+
+
+def _recipe_diff(old, new):
+    """What differs between two recipe identities, as short diff lines: ["- pip: [...]", "+ pip: [...]"]."""
+    def shown(identity):
+        identity = identity if isinstance(identity, dict) else {}
+        spec = identity.get("spec")
+        flat = dict(_spec_summary(spec) if isinstance(spec, dict) else {})
+        for key, label in (("tool", "tool"), ("channels", "default channels"), ("config", "config"),
+                           ("default_python", "default python")):
+            flat[label] = identity.get(key)
+        return flat
+    old, new = shown(old), shown(new)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines.append("- %s: %s" % (key, "(none)" if old.get(key) is None else _json_dumps(old.get(key))))
+            lines.append("+ %s: %s" % (key, "(none)" if new.get(key) is None else _json_dumps(new.get(key))))
+    return lines
 
 # =============================================================================
 # 13. Executor protocol
@@ -8101,6 +8548,9 @@ Environment.__getattr__ = _wetlands_getattr(_WETLANDS_ENVIRONMENT_NAMES)
 # =============================================================================
 
 
+_NAME_HELP = "the environment's name (see `wetlite list`)"
+
+
 def _build_parser():
     import argparse
     parser = argparse.ArgumentParser(
@@ -8121,7 +8571,7 @@ def _build_parser():
     p.set_defaults(func=_cmd_install_tool)
 
     p = sub.add_parser("create", help="create an environment (or reuse an identical one)")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME", help="the new environment's name: letters, digits, '.', '_', '-'")
     p.add_argument("--python", metavar="V", help="python version or specifier, e.g. 3.11 or '>=3.10'")
     p.add_argument("--conda", metavar="SPEC", action="append", default=[], help="conda package (repeatable)")
     p.add_argument("--pip", metavar="SPEC", action="append", default=[], help="pip requirement (repeatable)")
@@ -8130,40 +8580,56 @@ def _build_parser():
     p.add_argument("--replace", action="store_true", help="rebuild it if it exists with another recipe")
     p.set_defaults(func=_cmd_create)
 
-    p = sub.add_parser("list", help="list the environments")
+    p = sub.add_parser("list", help="list the environments, with their status")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--sizes", action="store_true", help="also show the size on disk (walks every file)")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("run", help="run a command in an environment: run NAME -- CMD...",
-                       usage="wetlite run NAME -- CMD [ARGS...]")
-    p.add_argument("name")
+                       usage="wetlite run NAME -- CMD [ARGS...]",
+                       description="Run a command in an environment and exit with its exit code.  Several words "
+                                   "after -- are a program and its arguments, passed on verbatim; one word is "
+                                   "shell code, run by the environment's shell (bash, or PowerShell on Windows): "
+                                   "wetlite run NAME -- 'echo $VIRTUAL_ENV; which python'.")
+    p.add_argument("name", metavar="NAME", help=_NAME_HELP)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("call", help="call a function in an environment and print its result as JSON",
-                       usage="wetlite call NAME MODULE FUNC [JSON_ARG...] [--kwargs JSON]")
-    p.add_argument("name")
-    p.add_argument("module", help="a dotted module name, or a path to a .py file")
-    p.add_argument("function", help="a function (or dotted attribute path) of the module")
+                       usage="wetlite call NAME MODULE FUNC [JSON_ARG...] [--kwargs JSON] [--timeout S]",
+                       description="Call MODULE:FUNC in the environment and print the result as JSON.  NumPy "
+                                   "arrays and scalars become lists and numbers, datetimes ISO 8601 strings, sets "
+                                   "sorted lists, bytes {\"$base64\": \"...\"}; a result with no faithful JSON "
+                                   "form is an error (exit code 1) that shows its repr.")
+    p.add_argument("name", metavar="NAME", help=_NAME_HELP)
+    p.add_argument("module", metavar="MODULE", help="a dotted module name, or a path to a .py file")
+    p.add_argument("function", metavar="FUNC", help="a function (or dotted attribute path) of the module")
     p.add_argument("json_args", nargs="*", metavar="JSON_ARG", help="positional arguments, each a JSON value")
     p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
-    p.add_argument("--timeout", type=float, help="seconds before the call is stopped")
+    p.add_argument("--timeout", metavar="S", type=float, help="seconds before the call is stopped")
     p.set_defaults(func=_cmd_call)
 
     p = sub.add_parser("script", help="print the script that `run` would execute",
                        usage="wetlite script NAME [--shell bash|powershell] -- CMD [ARGS...]")
-    p.add_argument("name")
+    p.add_argument("name", metavar="NAME", help=_NAME_HELP)
     p.add_argument("--shell", choices=_SHELLS, help="default: this platform's")
     p.set_defaults(func=_cmd_script)
 
-    p = sub.add_parser("remove", help="delete an environment")
-    p.add_argument("name")
+    p = sub.add_parser("remove", help="delete an environment (whatever its status)")
+    p.add_argument("name", metavar="NAME", help=_NAME_HELP)
     p.set_defaults(func=_cmd_remove)
 
-    p = sub.add_parser("info", help="platform, python, root, tool and settings")
+    p = sub.add_parser("gc", help="remove half-built environments, stale staging dirs and unused runtime copies")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.set_defaults(func=_cmd_gc)
+
+    p = sub.add_parser("info", help="platform, python, root, tool and settings; or one environment's record")
+    p.add_argument("name", metavar="NAME", nargs="?", help="show this environment: status, recipe, what was "
+                                                           "installed since creation")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("doctor", help="check that wetlite works here: builds a throwaway environment")
+    p.add_argument("--offline", action="store_true", help="do not check whether the tool's download source answers")
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("serve", help="(internal) the executor worker, started by wetlite itself")
@@ -8173,6 +8639,27 @@ def _build_parser():
 
 def _manager(args):
     return EnvironmentManager(root=args.root, tool=args.tool, tool_version=args.tool_version)
+
+
+# Library errors advise library calls; on the command line the same advice is
+# spelled as commands and options.  (No CLI command loads a foreign prefix:
+# mgr.load() advice stays as it is.)
+_CLI_ADVICE = (
+    (r"mgr\.create\('([^']*)', \.\.\.\)", r"wetlite create \1 ..."),
+    (r"mgr\.remove\('([^']*)'\)", r"wetlite remove \1"),
+    (r"\breplace=True\b", "--replace"),
+    (r"\bEnvironmentManager\(tool='(\w+)'\)", r"--tool \1"),
+    (r"\btool='(\w+)' or '(\w+)'", r"--tool \1 or \2"),
+    (r"\btool='(\w+)'", r"--tool \1"),
+    (r"\bconfig=(?=[,;. ])", "--file"),
+)
+
+
+def _cli_advice(message):
+    import re
+    for pattern, replacement in _CLI_ADVICE:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 def _configure_cli_logging(level):
@@ -8199,10 +8686,12 @@ def _configure_cli_logging(level):
 
 
 def _command_after_dashes(args):
+    """The words after ``--``: one word is shell code (as a string is in the
+    library), several are a program and its arguments, quoted by wetlite."""
     cmd = args.cmd
     if not cmd:
         raise SpecError("no command given; write: wetlite %s %s -- CMD [ARGS...]" % (args.command, args.name))
-    return [cmd]
+    return [cmd[0]] if len(cmd) == 1 else [cmd]
 
 
 def _cmd_install_tool(args):
@@ -8223,12 +8712,26 @@ def _cmd_create(args):
 
 def _cmd_list(args):
     import json
-    envs = _manager(args).list()
+    mgr = _manager(args)
+    envs = mgr.list(sizes=args.sizes)
     if args.json:
         print(json.dumps(envs, indent=2))
-    else:
-        for e in envs:
-            print("%-20s %-10s %-8s %s" % (e["name"], e["tool"], e["python_version"] or "?", e["path"]))
+        return 0
+    if not envs:
+        print("no environments under %s" % mgr.root)
+        return 0
+    columns = ["NAME", "STATUS", "TOOL", "PYTHON"] + (["SIZE"] if args.sizes else []) + ["PATH"]
+    rows = [[e["name"], e["status"], e["tool"] or "?", e["python_version"] or "?"]
+            + ([_human_bytes(e["size"])] if args.sizes else []) + [e["path"] or "?"] for e in envs]
+    widths = [max(len(row[i]) for row in rows + [columns]) for i in range(len(columns) - 1)]
+    for row in [columns] + rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for e in envs:
+        if e["problem"]:
+            _eprint("wetlite: %s" % _cli_advice(e["problem"]))
+    if args.sizes:
+        print("%s in all under %s (environments, tools, package caches, logs)"
+              % (_human_bytes(_tree_size(mgr.root)), mgr.root))
     return 0
 
 
@@ -8257,6 +8760,7 @@ def _cmd_call(args):
     if not isinstance(kwargs, dict):
         raise SpecError("--kwargs must be a JSON object such as '{\"sigma\": 2}', not %r" % (args.kwargs,))
     env = _manager(args).get(args.name)
+    what = "%s:%s" % (args.module, args.function)
     try:
         result = env.execute(args.module, args.function, positional, kwargs, timeout=args.timeout)
     except WetliteError:
@@ -8265,16 +8769,64 @@ def _cmd_call(args):
         cause = getattr(exc, "__cause__", None)
         if isinstance(cause, _RemoteTraceback):
             _eprint(cause.text.rstrip())
-        raise CommandError("%s.%s raised %s: %s" % (args.module, args.function, type(exc).__name__, exc))
+        raise CommandError("%s raised %s: %s" % (what, type(exc).__name__, exc))
     finally:
         env.exit()
     try:
-        text = json.dumps(result)
-    except (TypeError, ValueError):
-        _eprint("wetlite: warning: the result is not JSON; printing its repr")
+        form = _json_form(result, "the result")
+    except _NoJSONForm as exc:
         text = repr(result)
-    print(text)
+        raise CommandError("%s returned a value with no faithful JSON form: %s; its repr:\n%s"
+                           % (what, exc, text if len(text) <= 2000 else text[:2000] + " ..."))
+    print(json.dumps(form))
     return 0
+
+
+class _NoJSONForm(Exception):
+    """Raised by _json_form: names the part of a value that JSON cannot carry."""
+
+
+def _json_form(value, where):
+    """``value`` as plain JSON data, converting only where the JSON form is faithful.
+
+    NumPy arrays and scalars become lists and numbers (numpy is looked up, never
+    imported: a result that holds NumPy objects has imported it already), datetimes
+    ISO 8601 strings, bytes ``{"$base64": ...}``, sets sorted lists, paths strings,
+    and dict keys that are numbers strings, as JSON requires.  Non-finite floats
+    are written NaN and Infinity, as Python's json module does.  Anything else
+    raises _NoJSONForm naming where it is.
+    """
+    if value is None or isinstance(value, (bool, str, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_form(item, "%s[%d]" % (where, i)) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        form = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise _NoJSONForm("%s has a %s key %r" % (where, type(key).__name__, key))
+            form[key] = _json_form(item, "%s[%r]" % (where, key))
+        return form
+    if isinstance(value, (set, frozenset)):
+        import json
+        items = [_json_form(item, "an item of " + where) for item in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return sorted(items, key=json.dumps)        # mixed types: a stable order all the same
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        import base64
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    import datetime
+    import pathlib
+    if isinstance(value, (datetime.date, datetime.time)):       # datetime is a date
+        return value.isoformat()
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        return _json_form(value.tolist(), where)                # Python scalars; complex stays complex
+    raise _NoJSONForm("%s is a %s" % (where, type(value).__name__))
 
 
 def _cmd_script(args):
@@ -8285,6 +8837,20 @@ def _cmd_script(args):
 
 def _cmd_remove(args):
     _manager(args).remove(args.name)
+    return 0
+
+
+def _cmd_gc(args):
+    mgr = _manager(args)
+    found = mgr.gc(dry_run=args.dry_run)
+    for item in found:
+        print("%s %s  %s (%s)" % ("would remove" if args.dry_run else "removed", item["path"], item["what"],
+                                  _human_bytes(item["size"])))
+    print("%s %s under %s" % ("would free" if args.dry_run else "freed",
+                              _human_bytes(sum(item["size"] for item in found)), mgr.root))
+    for entry in mgr.list():
+        if entry["status"] == "broken":
+            _eprint("wetlite: left alone: %s" % _cli_advice(entry["problem"]))
     return 0
 
 
@@ -8312,45 +8878,237 @@ def _info(mgr):
 
 def _cmd_info(args):
     import json
-    info = _info(_manager(args))
+    mgr = _manager(args)
+    info = mgr.info(args.name) if args.name else _info(mgr)
     if args.json:
         print(json.dumps(info, indent=2))
-    else:
-        for key, value in info.items():
-            if key == "environment":
-                value = ", ".join("%s=%s" % kv for kv in value.items()) or "(no WETLITE_* or proxy variables)"
-            print("%-18s %s" % (key + ":", value))
+        return 0
+    for key, value in info.items():
+        if key == "environment" and not args.name:
+            value = ", ".join("%s=%s" % kv for kv in value.items()) or "(no WETLITE_* or proxy variables)"
+        elif key == "installed":
+            value = "".join("\n  " + json.dumps(item, sort_keys=True) for item in value) or "(nothing since creation)"
+        elif key == "problem" and value:
+            value = _cli_advice(value)
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+        print("%-18s %s" % (key + ":", value))
     return 0
 
 
+_DOCTOR_URL_TIMEOUT = 5.0          # seconds the download source has to answer
+_SOCKET_PATH_LIMIT = 103 if _MACOS else 107     # sun_path, less its NUL (AF_UNIX)
+_SMALL_SHM = 128 << 20
+
+
 def _cmd_doctor(args):
-    import tempfile
-    import time
-    info = _info(_manager(args))
+    """Check what wetlite needs here, report each finding, and end with one line per problem.
+
+    The exit code is 1 only when wetlite cannot work here at all: the local
+    check (build a venv, run a command, start a worker, call it) failed, and
+    not merely because the venv tool cannot build here while pixi or
+    micromamba can.
+    """
+    mgr = _manager(args)
+    info = _info(mgr)
+    problems = []               # (what is wrong, what to do)
     print("wetlite %s on %s (%s)" % (info["wetlite"], info["platform"], info["system"]))
     print("python   %s (%s)" % (info["python"], info["python_executable"]))
-    print("root     %s" % info["root"])
-    if info["tool"] == "venv":
-        print("tool     venv (local interpreters, nothing to download)")
+    _doctor_root(mgr.root, problems)
+    tool_usable = _doctor_tool(mgr, info, args.offline, problems)
+    _doctor_interpreters()
+    _doctor_temp(problems)
+    failed = _doctor_local(problems)
+    fatal = failed is not None and not (failed == "create" and tool_usable and mgr.tool != "venv")
+    if problems:
+        print("problems (%d):" % len(problems))
+        for what, fix in problems:
+            print("  - %s: %s" % (what, fix))
+        print("doctor: %s" % ("wetlite cannot work here" if fatal else
+                              "wetlite works here, with the problems above"))
     else:
-        print("tool     %s %s: %s" % (info["tool"], info["tool_version"] or "",
-                                      "installed at " + info["tool_path"] if info["tool_installed"]
-                                      else "not installed yet (downloaded on first use)"))
-    ok = True
+        print("doctor: all checks passed%s" % (" (the download check was skipped: --offline)"
+                                               if args.offline and mgr.tool != "venv" else ""))
+    return 1 if fatal else 0
+
+
+def _doctor_root(root, problems):
+    """Can environments be created under root?"""
+    import tempfile
+    existing = root
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)       # the nearest part that exists: root would be made there
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".wetlite-doctor-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        print("root     %s: NOT writable (%s)" % (root, exc.strerror or exc))
+        problems.append(("root %s is not writable" % root,
+                         "creating environments will fail; use --root or WETLITE_ROOT to choose a writable "
+                         "directory (environments that exist there still run)"))
+        return
+    print("root     %s: writable%s" % (root, "" if existing == root else " (will be created)"))
+
+
+def _doctor_tool(mgr, info, offline, problems):
+    """Report the tool; return whether it can be used (installed, or its download source answers)."""
+    if mgr.tool == "venv":
+        print("tool     venv: local interpreters, nothing to download")
+        return True
+    label = "%s %s" % (mgr.tool, mgr.tool_version)
+    if info["tool_installed"]:
+        try:
+            version = _tool_version(info["tool_path"])
+        except WetliteError as exc:
+            print("tool     %s at %s: FAILED (%s)" % (label, info["tool_path"], exc))
+            problems.append(("%s at %s does not run" % (mgr.tool, info["tool_path"]),
+                             "remove it (wetlite downloads it again) or point %s at a working binary"
+                             % _ENV_TOOL_PATHS[mgr.tool]))
+            return False
+        print("tool     %s: installed at %s (reports %s)" % (label, info["tool_path"], version))
+        return True
+    if mgr.tool_path:
+        print("tool     %s: %s does not exist" % (label, info["tool_path"]))
+        problems.append(("%s binary %s does not exist" % (mgr.tool, info["tool_path"]),
+                         "fix %s (or tool_path), or unset it so that wetlite downloads %s"
+                         % (_ENV_TOOL_PATHS[mgr.tool], mgr.tool)))
+        return False
+    asset = _tool_asset(mgr.tool, *_platform_id())
+    url = "%s/%s/%s" % (mgr.download_url.rstrip("/"), mgr.tool_version, asset)
+    settings = _download_settings(mgr, url)
+    if offline:
+        print("tool     %s: not installed yet; download check skipped (--offline); it would come from %s, %s"
+              % (label, _mask_url(url), settings))
+        return False
+    answer = _probe_url(url, mgr.proxies)
+    if answer is None:
+        print("tool     %s: not installed yet; its download source answers (%s, %s)" % (label, _mask_url(url),
+                                                                                      settings))
+        return True
+    print("tool     %s: not installed yet, and its download source is NOT reachable: %s (%s, %s)"
+          % (label, answer, _mask_url(url), settings))
+    problems.append((
+        "%s cannot be downloaded: %s is not reachable (%s)" % (mgr.tool, _mask_url(url), answer),
+        "set %s to a mirror, https_proxy to a proxy, or %s to a %s binary you have; or use --tool venv "
+        "(pip-only environments from local interpreters)" % (_ENV_DOWNLOAD_URL, _ENV_TOOL_PATHS[mgr.tool], mgr.tool)))
+    return False
+
+
+def _download_settings(mgr, url):
+    """The mirror and proxy settings a download of ``url`` goes through, for messages (masked)."""
+    import urllib.request
+    if mgr.download_url == _RELEASE_URLS.get(mgr.tool):
+        mirror = "no mirror (%s is not set)" % _ENV_DOWNLOAD_URL
+    elif mgr.download_url == os.environ.get(_ENV_DOWNLOAD_URL):
+        mirror = "mirror %s=%s" % (_ENV_DOWNLOAD_URL, _mask_url(mgr.download_url))
+    else:
+        mirror = "mirror download_url=%s" % _mask_url(mgr.download_url)
+    scheme = url.partition(":")[0]
+    if mgr.proxies is not None:
+        proxy, source = mgr.proxies.get(scheme), "proxies="
+    else:
+        proxy, source = urllib.request.getproxies().get(scheme), "%s_proxy" % scheme
+        host = url.partition("://")[2].partition("/")[0]
+        if proxy and urllib.request.proxy_bypass(host):
+            proxy, source = None, "no_proxy"
+    return "%s, %s" % (mirror, "proxy %s (%s)" % (_mask_url(proxy), source) if proxy else
+                       "no proxy" + (" (%s)" % source if source == "no_proxy" else ""))
+
+
+def _probe_url(url, proxies):
+    """None if ``url`` answers within _DOCTOR_URL_TIMEOUT, else why not (its body is not read)."""
+    import threading
+    outcome = []
+
+    def probe():
+        try:
+            _urlopen(url, proxies=proxies, timeout=_DOCTOR_URL_TIMEOUT).close()
+            outcome.append(None)
+        except Exception as exc:            # HTTPError, URLError, timeouts, bad proxies: all are answers here
+            code = getattr(exc, "code", None)
+            outcome.append("HTTP %s" % code if code else str(getattr(exc, "reason", None) or exc))
+    # In a thread: a name lookup does not honour the socket timeout.
+    thread = threading.Thread(target=probe, name="wetlite-doctor-probe")
+    thread.daemon = True
+    thread.start()
+    thread.join(_DOCTOR_URL_TIMEOUT + 1)
+    return outcome[0] if outcome else "no answer within %d s" % _DOCTOR_URL_TIMEOUT
+
+
+def _doctor_interpreters():
+    """The local interpreters the venv tool can use."""
+    seen, versions = set(), []
+    for path, version in _interpreter_candidates():
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        version = version or _interpreter_version(path)
+        if version and _version_tuple(version) >= (3, 6) and version not in versions:
+            versions.append(version)
+    versions.sort(key=_version_tuple)
+    print("venv     local interpreters the venv tool can use: %s" % (", ".join(versions) or "none"))
+
+
+def _doctor_temp(problems):
+    """Scripts and worker sockets live in the temp dir; large buffers in /dev/shm."""
+    import tempfile
+    try:
+        scratch = tempfile.mkdtemp(prefix="wetlite-")
+        os.rmdir(scratch)
+    except OSError as exc:
+        print("temp     %s: NOT writable (%s)" % (tempfile.gettempdir(), exc.strerror or exc))
+        problems.append(("the temp dir %s is not writable" % tempfile.gettempdir(),
+                         "set TMPDIR (TEMP on Windows) to a writable directory"))
+        return
+    if _WINDOWS:
+        print("temp     %s: writable; workers use named pipes" % tempfile.gettempdir())
+        return
+    length = len(os.path.join(scratch, "worker.sock"))
+    print("temp     %s: writable; a worker socket path is %d characters (the limit is %d)"
+          % (tempfile.gettempdir(), length, _SOCKET_PATH_LIMIT))
+    if length > _SOCKET_PATH_LIMIT:
+        problems.append(("the temp dir's path is too long for a worker's Unix socket (%d > %d characters)"
+                         % (length, _SOCKET_PATH_LIMIT), "set TMPDIR to a shorter directory, such as /tmp"))
+    if sys.platform.startswith("linux"):
+        try:
+            st = os.statvfs("/dev/shm")
+        except OSError:
+            print("shm      /dev/shm: missing; large buffers go through the socket")
+            problems.append(("/dev/shm is missing", "large arrays go through the socket (slower); mount a tmpfs "
+                                                   "on /dev/shm"))
+            return
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        print("shm      /dev/shm: %s free of %s" % (_human_bytes(free), _human_bytes(total)))
+        if total < _SMALL_SHM:
+            problems.append(("/dev/shm is small (%s)" % _human_bytes(total),
+                             "large arrays may go through the socket (slower); in a container, give it more "
+                             "(docker run --shm-size=1g)"))
+
+
+def _doctor_local(problems):
+    """Build a throwaway venv environment, run a command in it, start a worker and call it.
+
+    Returns None if all worked, else the step that failed.
+    """
+    import tempfile
+    import time
     scratch = tempfile.mkdtemp(prefix="wetlite-doctor-")
+    step = "create"
     try:
         mgr = EnvironmentManager(root=scratch, tool="venv")
         start = time.monotonic()
         env = mgr.create("doctor", force_external=True)
-        created = time.monotonic() - start
-        print("create   ok: throwaway venv environment in %.2f s" % created)
+        print("create   ok: throwaway venv environment in %.2f s" % (time.monotonic() - start))
+        step = "run"
         start = time.monotonic()
-        out = env.run([[ "python", "-c", "import sys; print(sys.prefix)"]]).stdout.strip()
+        out = env.run([["python", "-c", "import sys; print(sys.prefix)"]]).stdout.strip()
         ran = time.monotonic() - start
-        same = os.path.realpath(out) == os.path.realpath(env.path)
-        print("run      %s: a command in it took %.3f s%s" % ("ok" if same else "FAILED", ran,
-                                                              "" if same else " (it ran in %s)" % out))
-        ok = ok and same
+        if os.path.realpath(out) != os.path.realpath(env.path):
+            raise ExecutorError("the command ran in %s, not in the environment %s" % (out, env.path))
+        print("run      ok: a command in it took %.3f s" % ran)
+        step = "worker"
         start = time.monotonic()
         env.launch()
         pid = env.execute("os", "getpid")
@@ -8361,18 +9119,20 @@ def _cmd_doctor(args):
             env.execute("os", "getpid")
             samples.append(time.perf_counter() - t0)
         samples.sort()
-        worker_ok = pid != os.getpid()
-        print("worker   %s: started and answered in %.3f s; a call round trip takes %.0f us (median of %d)"
-              % ("ok" if worker_ok else "FAILED", cold, samples[len(samples) // 2] * 1e6, len(samples)))
-        ok = ok and worker_ok
+        if pid == os.getpid():
+            raise ExecutorError("the call ran in the host process, not in a worker")
+        print("worker   ok: started and answered in %.3f s; a call round trip takes %.0f us (median of %d)"
+              % (cold, samples[len(samples) // 2] * 1e6, len(samples)))
         mgr.exit()
+        return None
     except WetliteError as exc:
-        ok = False
-        print("FAILED   %s" % exc)
+        print("%-8s FAILED: %s" % (step, exc))
+        problems.append(("the local check failed at %r: %s" % (step, str(exc).splitlines()[0]),
+                         "run `wetlite -v doctor` for the details" if step == "create" else
+                         "wetlite cannot run commands or workers here; please report it with this output"))
+        return step
     finally:
         _rmtree(scratch)
-    print("doctor: %s" % ("all checks passed" if ok else "some checks FAILED"))
-    return 0 if ok else 1
 
 
 def main(argv=None):
@@ -8384,7 +9144,13 @@ def main(argv=None):
     # Everything after the first "--" is the user's command, passed on verbatim.
     cmd = argv[argv.index("--") + 1:] if "--" in argv else None
     try:
-        args = parser.parse_args(argv[:argv.index("--")] if cmd is not None else argv)
+        args, extra = parser.parse_known_args(argv[:argv.index("--")] if cmd is not None else argv)
+        if extra and args.command in ("run", "script") and cmd is None:
+            import shlex
+            parser.exit(2, "wetlite %s: error: put -- before the command: wetlite %s %s -- %s\n"
+                        % (args.command, args.command, args.name, " ".join(shlex.quote(a) for a in extra)))
+        if extra:
+            parser.error("unrecognized arguments: %s" % " ".join(extra))
     except SystemExit as exc:      # usage errors, --help and --version
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.cmd = cmd
@@ -8392,7 +9158,7 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except WetliteError as exc:
-        _eprint("wetlite: error: %s" % exc)
+        _eprint("wetlite: error: %s" % _cli_advice(str(exc)))
         return 1
     except KeyboardInterrupt:
         _eprint("wetlite: interrupted")

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO, wetlite
+from httpserver import FileServer
 
 
 def run_main(capsys, *argv):
@@ -72,14 +73,71 @@ def test_remove(capsys, tmp_path):
     assert wetlite.EnvironmentManager(root=root, tool="venv").list() == []
 
 
-def test_doctor_as_a_real_subprocess(tmp_path):
-    env = dict(os.environ, WETLITE_ROOT=str(tmp_path / "root"))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "wetlite.py"), "doctor"], env=env,
+def doctor(tmp_path, *argv, **environ):
+    env = dict(os.environ, WETLITE_ROOT=str(tmp_path / "root"), **environ)
+    for name in ("WETLITE_PIXI", "WETLITE_TOOL", "WETLITE_DOWNLOAD_URL", "https_proxy", "HTTPS_PROXY"):
+        if name not in environ:
+            env.pop(name, None)
+    argv = list(argv) if "doctor" in argv else list(argv) + ["doctor"]
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "wetlite.py")] + argv, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
-    out = proc.stdout.decode()
-    assert proc.returncode == 0, out + proc.stderr.decode()
-    assert "all checks passed" in out and "create   ok" in out and "run      ok" in out
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_doctor_with_a_reachable_source_passes_every_check(tmp_path):
+    with FileServer() as server:
+        asset = wetlite._tool_asset("pixi", *wetlite._platform_id())
+        server.add("/%s/%s" % (wetlite.PIXI_VERSION, asset), b"not downloaded, only asked for")
+        mirror = server.url + "/"
+        code, out, err = doctor(tmp_path, WETLITE_DOWNLOAD_URL=mirror)
+        assert server.requests_for("/%s/%s" % (wetlite.PIXI_VERSION, asset))
+    assert code == 0, out + err
+    assert "its download source answers" in out and "WETLITE_DOWNLOAD_URL=" + mirror in out
+    assert "all checks passed" in out and "problems" not in out
+    assert "create   ok" in out and "run      ok" in out and "worker   ok" in out
+    assert "writable (will be created)" in out and "local interpreters the venv tool can use: " in out
+    assert "socket path is" in out
     assert not os.path.exists(str(tmp_path / "root"))      # the throwaway environment lives elsewhere
+
+
+def test_doctor_reports_an_unreachable_source_as_a_problem_not_a_failure(tmp_path):
+    with FileServer() as server:
+        closed = server.url             # nothing listens there once the server is gone
+    code, out, err = doctor(tmp_path, WETLITE_DOWNLOAD_URL=closed + "/mirror",
+                            https_proxy="http://bob:PROXYPASS@127.0.0.1:9")
+    assert code == 0, out + err
+    assert "all checks passed" not in out and "NOT reachable" in out
+    assert "worker   ok" in out
+    problems = out[out.index("problems (1):"):]
+    assert "pixi cannot be downloaded" in problems and "WETLITE_PIXI" in problems and "--tool venv" in problems
+    assert "PROXYPASS" not in out + err
+
+
+def test_doctor_offline_skips_the_download_check(tmp_path):
+    root = tmp_path / "file"
+    root.write_text("in the way")
+    code, out, err = doctor(tmp_path, "--root", str(root / "root"), "doctor", "--offline")
+    assert code == 0, out + err
+    assert "download check skipped (--offline)" in out
+    assert "NOT writable" in out and "is not writable" in out[out.index("problems"):]
+
+
+def test_doctor_fails_only_when_nothing_can_work(tmp_path, monkeypatch, capsys):
+    def broken(self, *args, **kwargs):
+        raise wetlite.ToolError("python -m venv failed here")
+    monkeypatch.setattr(wetlite.EnvironmentManager, "create", broken)
+    root = str(tmp_path / "root")
+    assert wetlite.main(["--root", root, "--tool", "venv", "doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "create   FAILED: python -m venv failed here" in out and "wetlite cannot work here" in out
+    with FileServer() as server:        # the venv tool fails, but pixi can be downloaded: not fatal
+        asset = wetlite._tool_asset("pixi", *wetlite._platform_id())
+        server.add("/%s/%s" % (wetlite.PIXI_VERSION, asset), b"x")
+        monkeypatch.setenv("WETLITE_DOWNLOAD_URL", server.url)
+        monkeypatch.delenv("WETLITE_PIXI", raising=False)
+        assert wetlite.main(["--root", root, "--tool", "pixi", "doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "problems (1):" in out and "wetlite works here, with the problems above" in out
 
 
 def test_main_leaves_logging_as_it_found_it(capsys, tmp_path):
@@ -97,8 +155,8 @@ def test_call_prints_json(capsys, cli_root):
     code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "json", "dumps", '{"a": [1, 2]}',
                               "--kwargs", '{"sort_keys": true}')
     assert code == 0 and json.loads(out) == '{"a": [1, 2]}'
-    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "builtins", "frozenset", "[3]")
-    assert code == 0 and out == "frozenset({3})\n" and "not JSON" in err
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "builtins", "frozenset", "[3, 1, 2]")
+    assert (code, out) == (0, "[1, 2, 3]\n")
     code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "add", "2", "oops")
     assert code == 1 and "'oops'" in err and "JSON" in err
     code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "truediv", "1", "0")
@@ -138,3 +196,209 @@ def test_call_timeout_stops_the_call(capsys, cli_root):
     code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "operator", "add", "1", "1",
                               "--timeout", "30")
     assert (code, out) == (0, "2\n")
+
+
+# --- run: `--` and shell code ---------------------------------------------------------
+
+def test_run_without_dashes_says_where_they_go(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "run", "cli", "python", "-c", "print(1)")
+    assert code == 2 and out == ""
+    assert "put -- before the command: wetlite run cli -- python -c 'print(1)'" in err
+    assert "unrecognized arguments" not in err
+    code, out, err = run_main(capsys, "--root", cli_root, "script", "cli", "python", "job.py")
+    assert code == 2 and "put -- before the command: wetlite script cli -- python job.py" in err
+    code, out, err = run_main(capsys, "--root", cli_root, "list", "extra")
+    assert code == 2 and "unrecognized arguments: extra" in err
+
+
+def test_one_word_after_dashes_is_shell_code_several_are_verbatim(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "run", "cli", "--", "echo $VIRTUAL_ENV; which python")
+    assert code == 0, err
+    prefix = json.loads(run_main(capsys, "--root", cli_root, "list", "--json")[1])[0]["path"]
+    assert out.splitlines() == [prefix, os.path.join(prefix, "bin", "python")]
+    code, out, err = run_main(capsys, "--root", cli_root, "run", "cli", "--", "echo", "$VIRTUAL_ENV;", "*")
+    assert (code, out) == (0, "$VIRTUAL_ENV; *\n")
+    code, out, err = run_main(capsys, "--root", cli_root, "script", "cli", "--", "exit 3")
+    assert code == 0 and "\nexit 3\n" in out
+    assert run_main(capsys, "--root", cli_root, "run", "cli", "--", "exit 3")[0] == 3
+
+
+# --- errors speak CLI ------------------------------------------------------------------
+
+def test_cli_errors_give_cli_advice_and_a_short_recipe_diff(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "run", "nope", "--", "true")
+    assert code == 1 and "wetlite create nope ..." in err and "mgr." not in err
+    code, out, err = run_main(capsys, "--root", cli_root, "--tool", "venv", "create", "cli", "--pip", "pytest",
+                              "--python", "3.11")
+    assert code == 1
+    assert "--replace" in err and "replace=True" not in err
+    assert '\n  - pip: (none)\n  + pip: ["pytest"]\n' in err
+    assert '\n  - python: (none)\n  + python: "3.11"\n' in err
+    assert "recipe_hash" not in err and "default_python" not in err and len(err.splitlines()) <= 8
+    code, out, err = run_main(capsys, "--root", cli_root, "--tool", "venv", "create", "x", "--conda", "numpy")
+    assert code == 1 and "--tool micromamba" in err and "tool='" not in err
+
+
+def test_library_errors_keep_library_advice(cli_root):
+    mgr = wetlite.EnvironmentManager(root=cli_root, tool="venv")
+    with pytest.raises(wetlite.SpecError, match=r"mgr\.create\('nope', \.\.\.\)"):
+        mgr.get("nope")
+    with pytest.raises(wetlite.SpecError, match="replace=True"):
+        mgr.create("cli", {"pip": ["pytest"]}, force_external=True)
+
+
+# --- call --------------------------------------------------------------------------------
+
+VALUES = '''\
+import datetime, fractions
+
+def values():
+    return {"when": datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc),
+            "day": datetime.date(2024, 5, 6), "blob": b"\\x00\\xffhi", "tags": {"b", "c", "a"},
+            "pair": (1, 2.5), 3: None, "nan": float("nan")}
+
+def fraction():
+    return [1, {"x": fractions.Fraction(1, 3)}]
+
+def boom():
+    raise ValueError("bad")
+'''
+
+
+def test_call_converts_what_has_a_faithful_json_form(capsys, cli_root, tmp_path):
+    tools = tmp_path / "tools.py"
+    tools.write_text(VALUES)
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", str(tools), "values")
+    assert code == 0, err
+    assert out.strip() == ('{"when": "2024-05-06T07:08:09.123456+00:00", "day": "2024-05-06", '
+                           '"blob": {"$base64": "AP9oaQ=="}, "tags": ["a", "b", "c"], "pair": [1, 2.5], '
+                           '"3": null, "nan": NaN}')
+
+
+def test_call_refuses_a_result_with_no_json_form(capsys, cli_root, tmp_path):
+    tools = tmp_path / "tools.py"
+    tools.write_text(VALUES)
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", str(tools), "fraction")
+    assert code == 1 and out == ""
+    assert "no faithful JSON form: the result[1]['x'] is a Fraction" in err
+    assert "[1, {'x': Fraction(1, 3)}]" in err          # its repr, to see what came back
+
+
+def test_call_names_the_function_module_colon_function(capsys, cli_root, tmp_path):
+    os.chdir(str(tmp_path))
+    (tmp_path / "tools.py").write_text(VALUES)
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "tools.py", "boom")
+    assert code == 1 and "tools.py:boom raised ValueError: bad" in err and "tools.py.boom" not in err
+
+
+def test_json_form_of_numpy_values_without_importing_numpy():
+    numpy = pytest.importorskip("numpy")
+    form = wetlite._json_form({"a": numpy.arange(6, dtype=numpy.int16).reshape(2, 3), "s": numpy.float32(0.5),
+                               "b": numpy.bool_(True), "t": numpy.array(["x", "y"])}, "the result")
+    assert form == {"a": [[0, 1, 2], [3, 4, 5]], "s": 0.5, "b": True, "t": ["x", "y"]}
+    assert type(form["s"]) is float and type(form["a"][0][0]) is int and type(form["b"]) is bool
+    with pytest.raises(wetlite._NoJSONForm, match=r"the result\[0\] is a complex"):
+        wetlite._json_form(numpy.array([1 + 2j]), "the result")
+
+
+NO_NUMPY = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import wetlite
+code = wetlite.main(["--root", sys.argv[2], "call", "cli", "operator", "add", "[1]", "[2]"])
+print("numpy imported" if "numpy" in sys.modules else "numpy not imported", code)
+"""
+
+
+def test_call_does_not_import_numpy_for_a_plain_result(cli_root):
+    out = subprocess.run([sys.executable, "-c", NO_NUMPY, REPO, cli_root], stdout=subprocess.PIPE,
+                         check=True).stdout.decode()
+    assert out.splitlines() == ["[1, 2]", "numpy not imported 0"]
+
+
+def test_call_usage_shows_timeout_and_names_have_help(capsys):
+    code, out, err = run_main(capsys, "call", "--help")
+    assert code == 0
+    assert out.splitlines()[0] == "usage: wetlite call NAME MODULE FUNC [JSON_ARG...] [--kwargs JSON] [--timeout S]"
+    assert "faithful JSON" in out
+    for command in ("run", "call", "script", "remove", "create"):
+        code, out, err = run_main(capsys, command, "--help")
+        help_line = [line for line in out.splitlines() if line.strip().startswith("NAME ")]
+        assert help_line and "name" in help_line[0].lower().split("name", 1)[1], (command, out)
+
+
+# --- list and gc ---------------------------------------------------------------------------
+
+def test_list_has_a_header_status_tool_python_and_sizes(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "list")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["NAME", "STATUS", "TOOL", "PYTHON", "PATH"]
+    assert lines[1].split()[:4] == ["cli", "ready", "venv", "%d.%d.%d" % sys.version_info[:3]]
+    code, out, err = run_main(capsys, "--root", cli_root, "list", "--sizes")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "TOOL", "PYTHON", "SIZE", "PATH"]
+    assert lines[1].split()[5] in ("MB", "kB") and "in all under " + cli_root in lines[-1]
+    listed = wetlite.EnvironmentManager(root=cli_root).list(sizes=True)
+    assert listed[0]["size"] > 1000000                  # a venv with pip is megabytes
+
+
+HOLD = r"""
+import fcntl, sys
+f = open(sys.argv[1], "a+b")
+fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_gc_removes_what_nothing_uses(capsys, tmp_path):
+    root = str(tmp_path / "root")
+    mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+    env = mgr.create("keep", force_external=True)
+    env.execute("os", "getpid")                         # its runtime copy is in use by this process
+    env.exit()
+    records = os.path.join(root, "state", "envs")
+    # A build killed half way, and one running right now (its lock is held).
+    for name in ("killed", "building"):
+        os.makedirs(os.path.join(root, "envs", name, "lib"))
+        record = dict(json.load(open(os.path.join(records, "keep.json"))), name=name, state="creating",
+                      dir=os.path.join(root, "envs", name), prefix=os.path.join(root, "envs", name))
+        json.dump(record, open(os.path.join(records, name + ".json"), "w"))
+    with open(os.path.join(records, "damaged.json"), "w") as f:
+        f.write("[1, 2]")
+    stage = os.path.join(root, "bin", ".install-pixi-abc123")
+    os.makedirs(stage)
+    with open(os.path.join(stage, "pixi.tar.gz.part"), "wb") as f:
+        f.write(b"x" * 5000)
+    runtime = os.path.join(root, "state", "runtime")
+    current = [d for d in os.listdir(runtime) if not d.endswith(".in-use")]
+    old, held = os.path.join(runtime, "0123456789abcdef"), os.path.join(runtime, "fedcba9876543210")
+    for directory in (old, held):
+        os.makedirs(directory)
+        open(os.path.join(directory, "wetlite.py"), "w").close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, held + ".in-use"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"    # another host runs workers from that copy
+        with mgr._lock("building"):
+            code, out, err = run_main(capsys, "--root", root, "gc", "--dry-run")
+            assert code == 0 and "would remove" in out
+            assert os.path.isdir(stage) and os.path.isdir(old)
+            code, out, err = run_main(capsys, "--root", root, "gc")
+    finally:
+        holder.communicate(b"")
+    assert code == 0, err
+    assert not os.path.exists(os.path.join(root, "envs", "killed"))
+    assert not os.path.exists(os.path.join(records, "killed.json"))
+    assert not os.path.exists(stage) and not os.path.exists(old)
+    assert "half-built environment 'killed'" in out and "freed " in out
+    assert os.path.isdir(os.path.join(root, "envs", "building"))        # being built: left alone
+    assert os.path.isdir(held)                                         # in use: left alone
+    assert sorted(d for d in os.listdir(runtime) if not d.endswith(".in-use")) == \
+        sorted(current + ["fedcba9876543210"])
+    assert "damaged" in err and "wetlite remove damaged" in err        # broken: reported, left alone
+    assert os.path.exists(os.path.join(records, "damaged.json"))
+    assert {e["name"]: e["status"] for e in mgr.list()} == {"building": "half-built", "damaged": "broken",
+                                                          "keep": "ready"}
+    assert env.execute("os", "getpid") > 0
+    env.exit()

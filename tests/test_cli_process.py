@@ -105,8 +105,8 @@ def test_python36_runs_version_and_doctor(tmp_path):
     out = subprocess.run([python, WETLITE_PY, "--version"], stdout=subprocess.PIPE, check=True)
     assert out.stdout.decode().strip() == "wetlite " + wetlite.__version__
     env = dict(os.environ, WETLITE_ROOT=str(tmp_path / "root"))
-    doctor = subprocess.run([python, WETLITE_PY, "doctor"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, timeout=300)
+    doctor = subprocess.run([python, WETLITE_PY, "doctor", "--offline"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, timeout=300)
     assert doctor.returncode == 0, doctor.stdout.decode()
     assert "all checks passed" in doctor.stdout.decode() and "worker   ok" in doctor.stdout.decode()
 
@@ -202,8 +202,8 @@ HOSTS = [(v, p) for v, p in local_interpreters() if v in ("3.8", "3.12", "3.13")
 def test_doctor_on_other_host_pythons(tmp_path, version, python):
     """Hosts on 3.12+ challenge with {sha256}, older ones with legacy HMAC-MD5: the worker answers both."""
     env = dict(os.environ, WETLITE_ROOT=str(tmp_path / "root"))
-    doctor = subprocess.run([python, WETLITE_PY, "doctor"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, timeout=300)
+    doctor = subprocess.run([python, WETLITE_PY, "doctor", "--offline"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, timeout=300)
     out = doctor.stdout.decode()
     assert doctor.returncode == 0, out
     assert "worker   ok" in out and ("python   %s." % version) in out

@@ -1,0 +1,309 @@
+"""Environments that are gone, half-built or badly recorded; what install() leaves on record; the host as an
+environment; run timeouts; a closed manager; a full disk.  Real venv environments throughout."""
+import errno
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, wetlite
+
+WETLITE_PY = os.path.join(REPO, "wetlite.py")
+
+
+def record_path(mgr, name):
+    return os.path.join(mgr.root, "state", "envs", name + ".json")
+
+
+def statuses(mgr):
+    return {e["name"]: e["status"] for e in mgr.list()}
+
+
+def every_operation(env):
+    """Each public operation on an environment, as (label, thunk)."""
+    return [
+        ("run", lambda: env.run([["python", "-c", "print(1)"]])),
+        ("execute_commands", lambda: env.execute_commands([["python", "-c", "print(1)"]], wait=True)),
+        ("script", lambda: env.script(["python job.py"])),
+        ("install", lambda: env.install({"pip": ["--no-index", "nothing-at-all"]})),
+        ("launch", lambda: env.launch(timeout=30)),
+        ("execute", lambda: env.execute("os", "getpid")),
+    ]
+
+
+def assert_every_operation_refuses(env, *fragments):
+    for label, thunk in every_operation(env):
+        with pytest.raises(wetlite.SpecError) as info:
+            thunk()
+        message = str(info.value)
+        assert "%r" % env.name in message, (label, message)
+        for fragment in fragments:
+            assert fragment in message, (label, message)
+    assert env._worker is None          # nothing was started
+
+
+# --- gone or half-built -------------------------------------------------------------
+
+def test_a_deleted_environment_refuses_every_operation(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+    env = mgr.create("py", force_external=True)
+    shutil.rmtree(env.path)
+    assert statuses(mgr) == {"py": "missing"}
+    # Without the check, the script puts a bin/ that no longer exists first on PATH and the host's python runs.
+    assert_every_operation_refuses(env, env.path, "is missing", "mgr.create('py'", "mgr.remove('py')")
+    assert wetlite.main(["--root", root, "run", "py", "--", "python", "-c", "print(1)"]) == 1
+    err = capsys.readouterr().err
+    assert "is missing" in err and env.path in err and "wetlite create py" in err and "wetlite remove py" in err
+    mgr.remove("py")
+    assert mgr.list() == [] and not os.path.exists(record_path(mgr, "py"))
+
+
+def test_an_environment_removed_while_held_refuses_every_operation(tmp_path):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    held = mgr.create("py", force_external=True)
+    mgr.remove("py")
+    assert_every_operation_refuses(held, "was removed", "mgr.create('py'")
+
+
+def test_a_half_built_environment_is_listed_refused_and_removable(tmp_path):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    env = mgr.create("half", force_external=True)
+    record = json.load(open(record_path(mgr, "half")))
+    record["state"] = "creating"            # as a build that was killed leaves it
+    json.dump(record, open(record_path(mgr, "half"), "w"))
+    listed = mgr.list()
+    assert [(e["name"], e["status"]) for e in listed] == [("half", "half-built")]
+    assert "half-built" in listed[0]["problem"]
+    assert_every_operation_refuses(env, "half-built", "mgr.create('half'")
+    with pytest.raises(wetlite.SpecError, match="half-built"):
+        wetlite.EnvironmentManager(root=mgr.root, tool="venv").get("half")
+    mgr.remove("half")
+    assert mgr.list() == [] and not os.path.exists(env.path)
+
+
+def test_a_loaded_environment_that_moved_refuses(tmp_path):
+    venv = str(tmp_path / "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    env = mgr.load("mine", venv)
+    assert env.run([["python", "-c", "print(1)"]]).stdout == "1\n"
+    shutil.rmtree(venv)
+    assert_every_operation_refuses(env, venv, "mgr.load('mine'")
+
+
+# --- bad records (issue 11, item 10) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A manager with one sound environment, "good", to show one bad record breaks nothing else.
+    Each test leaves it ready."""
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path_factory.mktemp("good") / "root"), tool="venv")
+    mgr.create("good", force_external=True)
+    return mgr
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[1, 2]", "not an object"),
+    ('"just a string"', "not an object"),
+    ('{"name": "bad", "tool": "venv", "state": "ready"', "not valid JSON"),
+    ('{"name": "bad", "tool": "conda", "state": "ready", "dir": "/x", "prefix": "/x", "python": "/x/bin/python"}',
+     "unknown tool"),
+    ('{"name": "bad", "state": "ready"}', "lacks"),
+    ("", "not valid JSON"),
+])
+def test_a_bad_record_is_listed_as_broken_and_removable(good, text, why):
+    mgr = good
+    directory = os.path.join(mgr.root, "envs", "bad")
+    os.makedirs(os.path.join(directory, "bin"))         # what the build had made so far
+    with open(record_path(mgr, "bad"), "w") as f:
+        f.write(text)
+    listed = {e["name"]: e for e in mgr.list()}
+    assert listed["good"]["status"] == "ready"
+    assert listed["bad"]["status"] == "broken" and why in listed["bad"]["problem"]
+    fresh = wetlite.EnvironmentManager(root=mgr.root, tool="venv")
+    for thunk in (lambda: fresh.get("bad"), lambda: fresh.create("bad", force_external=True)):
+        with pytest.raises(wetlite.SpecError) as info:
+            thunk()
+        assert why in str(info.value) and "mgr.remove('bad')" in str(info.value)
+    assert fresh.get("good").name == "good"
+    fresh.remove("bad")
+    assert not os.path.exists(directory) and not os.path.exists(record_path(mgr, "bad"))
+    assert statuses(fresh) == {"good": "ready"}
+
+
+def test_replace_rebuilds_over_a_broken_record(good):
+    with open(record_path(good, "good"), "w") as f:
+        f.write('{"name": "good", "to')
+    env = good.create("good", force_external=True, replace=True)
+    assert statuses(good) == {"good": "ready"}
+    assert env.run([["python", "-c", "print(2)"]]).stdout == "2\n"
+
+
+def test_a_bogus_activation_cache_is_captured_again(good):
+    record = json.load(open(record_path(good, "good")))
+    record["activation"] = {"set": "not a mapping", "unset": 3}
+    json.dump(record, open(record_path(good, "good"), "w"))
+    env = wetlite.EnvironmentManager(root=good.root, tool="venv").get("good")
+    try:
+        assert env.execute("os", "getenv", ("VIRTUAL_ENV",)) == env.path
+    finally:
+        env.exit()
+    assert json.load(open(record_path(good, "good")))["activation"]["set"]["VIRTUAL_ENV"] == env.path
+
+
+# --- what install() added --------------------------------------------------------------
+
+def test_install_is_on_record_and_create_reuses_the_extended_environment(tmp_path, capsys):
+    from conftest import make_wheel
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "wetlite-test-extra", "0.5")
+    root = str(tmp_path / "root")
+    mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+    env = mgr.create("grow", force_external=True)
+    assert mgr.list()[0]["installed"] == []
+    env.install({"pip": ["--no-index", "--find-links " + str(wheels), "wetlite-test-extra==0.5"]})
+    installed = mgr.list()[0]["installed"]
+    assert len(installed) == 1
+    assert installed[0]["pip"] == ["--no-index", "--find-links " + str(wheels), "wetlite-test-extra==0.5"]
+    assert installed[0]["at"] and installed[0]["config"] is None
+    assert mgr.info("grow")["installed"] == installed and mgr.info("grow")["recipe"]["tool"] == "venv"
+    # The same recipe reuses it, extension included (the documented rule).
+    again = wetlite.EnvironmentManager(root=root, tool="venv").create("grow", force_external=True)
+    assert again.path == env.path
+    assert again.run([["python", "-c", "import wetlite_test_extra; print('kept')"]]).stdout == "kept\n"
+    assert wetlite.main(["--root", root, "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["installed"] == installed
+    assert wetlite.main(["--root", root, "info", "grow"]) == 0
+    out = capsys.readouterr().out
+    assert "wetlite-test-extra==0.5" in out and "installed" in out
+
+
+# --- the host as an environment -----------------------------------------------------------
+
+def test_the_host_is_registered_under_the_requested_name_and_says_why(tmp_path, caplog):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    with caplog.at_level(logging.INFO, logger="wetlite"):
+        env = mgr.create("hostlike", {"pip": ["pytest"]})
+    assert env is mgr.main_environment
+    assert mgr.get("hostlike") is env
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    assert "'hostlike'" in message and sys.executable in message
+    assert "pytest" in message and "force_external=True" in message
+    mgr.remove("hostlike")                  # only forgotten
+    with pytest.raises(wetlite.SpecError):
+        mgr.get("hostlike")
+    assert os.path.isfile(sys.executable)
+
+
+# --- run timeouts and a closed manager ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path_factory.mktemp("status") / "root"), tool="venv")
+    env = mgr.create("shared", force_external=True)
+    yield mgr, env
+    mgr.exit()
+
+
+def test_a_run_timeout_is_a_command_error_and_a_timeout_error(shared):
+    mgr, env = shared
+    with pytest.raises(wetlite.CommandTimeout) as info:
+        env.run(["echo started", "sleep 30"], timeout=1)
+    error = info.value
+    assert isinstance(error, wetlite.CommandError) and isinstance(error, TimeoutError)
+    assert str(error).startswith("stopped the commands in environment 'shared': the timeout of 1 s passed")
+    assert "started" in error.output_tail
+    assert "was stopped" not in str(error)
+
+
+def test_calls_after_the_manager_exited_raise_and_start_nothing(tmp_path, shared):
+    _, built = shared
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    env = mgr.load("borrowed", built.path)
+    first = env.execute("os", "getpid")
+    env.exit()
+    assert env.execute("os", "getpid") != first         # env.exit() alone: the next call starts a worker
+    mgr.exit()
+    for thunk in (lambda: env.execute("os", "getpid"), lambda: env.submit("os", "getpid"),
+                  lambda: env.import_module("os"), lambda: env.launch(),
+                  lambda: mgr.main_environment.execute("os", "getpid")):
+        with pytest.raises(wetlite.ExecutorError, match=r"mgr\.exit\(\)") as info:
+            thunk()
+        assert "'borrowed'" in str(info.value) or "'main'" in str(info.value)
+    assert env._worker is None
+    with mgr:                                           # opened again
+        assert env.execute("os", "getpid") != first
+    assert env._worker is None
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(fragment): files written atomically to a path containing fragment hit a full disk (/dev/full)."""
+    import tempfile
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    real = tempfile.mkstemp
+
+    def install(fragment):
+        def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+            if fragment in os.path.join(dir or "", prefix or ""):
+                return os.open("/dev/full", os.O_WRONLY), os.path.join(dir, (prefix or "") + "full.tmp")
+            return real(suffix, prefix, dir, text)
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return install
+
+
+def test_a_full_disk_during_create_names_the_path(tmp_path, full_disk):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    full_disk("full.json")
+    with pytest.raises(wetlite.WetliteError) as info:
+        mgr.create("full", force_external=True)
+    assert record_path(mgr, "full") in str(info.value) and "space" in str(info.value)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert mgr.list() == []
+
+
+def test_a_full_disk_during_launch_names_the_path(tmp_path, full_disk, shared):
+    _, built = shared
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")     # no runtime copy there yet
+    env = mgr.load("borrowed", built.path)
+    full_disk(".wetlite.py.")           # the runtime copy, under the root and in the temp dir fallback alike
+    with pytest.raises(wetlite.WetliteError) as info:
+        env.launch(timeout=30)
+    assert re.search(r"failed: /\S+/wetlite\.py: No space left on device", str(info.value)), str(info.value)
+    assert "'borrowed'" in str(info.value) and env._worker is None
+
+
+def limited_file_size(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_the_cli_reports_a_full_disk_without_a_traceback(tmp_path):
+    root = str(tmp_path / "root")
+
+    def cli(limit, *argv):
+        proc = subprocess.run([sys.executable, WETLITE_PY, "--root", root, "--tool", "venv"] + list(argv),
+                              preexec_fn=limited_file_size(limit) if limit else None, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=300)
+        return proc.returncode, proc.stderr.decode()
+    code, err = cli(300, "create", "x")             # the record does not fit
+    assert code == 1 and "Traceback" not in err, err
+    assert err.startswith("wetlite: error: ") and os.path.join(root, "state", "envs", "x.json") in err
+    assert cli(None, "-q", "create", "y") == (0, "")
+    code, err = cli(50000, "call", "y", "os", "getpid")     # the worker's runtime copy does not fit
+    assert code == 1 and "Traceback" not in err, err
+    assert os.path.join(root, "state", "runtime") in err and "os:getpid raised" not in err

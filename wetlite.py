@@ -4466,8 +4466,6 @@ class Environment(object):
                     self._runtime_hold = _hold_runtime(self.manager.root)
                     self._worker = _Worker(self, timeout, self._worker_output)
                 except OSError as exc:
-                    if isinstance(exc, WetliteError):
-                        raise
                     raise _storage_error(exc, "starting the worker of environment %r" % self.name)
         return self
 
@@ -4933,11 +4931,13 @@ class EnvironmentManager(object):
             return None, None
         except OSError as exc:
             return None, "%s cannot be read (%s)" % (path, exc.strerror or exc)
-        problem = _record_problem(name, data)
-        if problem is not None:
-            return None, "%s %s" % (path, problem)
         import json
-        return json.loads(data.decode("utf-8")), None
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except ValueError:
+            return None, "%s is not valid JSON (truncated?)" % path
+        problem = _record_problem(name, record)
+        return (None, "%s %s" % (path, problem)) if problem else (record, None)
 
     def _unusable(self, name, status, problem):
         """The message for an environment that exists on record but cannot be used."""
@@ -5687,13 +5687,8 @@ def _claim_unused_runtime(directory):
 _RECORD_TEXT_FIELDS = ("tool", "dir", "prefix", "python", "state")
 
 
-def _record_problem(name, data):
-    """What is wrong with the bytes of a record (a phrase), or None if it is sound."""
-    import json
-    try:
-        record = json.loads(data.decode("utf-8"))
-    except ValueError:
-        return "is not valid JSON (truncated?)"
+def _record_problem(name, record):
+    """What is wrong with a record read from JSON (a phrase), or None if it is sound."""
     if not isinstance(record, dict):
         return "holds a JSON %s, not an object" % type(record).__name__
     bad = [key for key in _RECORD_TEXT_FIELDS if not isinstance(record.get(key), str) or not record[key]]

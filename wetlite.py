@@ -4320,12 +4320,20 @@ class Environment(object):
             "all", "linux", "mac", "windows".  A command is shell code (str)
             or a list of arguments, which wetlite quotes.
         :param shell: "bash" or "powershell" (default: this platform's).
+
+        A script for this platform's shell names paths of this machine, so
+        the environment must be there (SpecError otherwise); one for the
+        other shell is only text, for another machine.
         """
         shell = shell or _default_shell()
+        return self._script(commands, shell, check=shell == _default_shell())
+
+    def _script(self, commands, shell, check):
         if shell not in _SHELLS:
             raise SpecError("unknown shell %r: choose %s" % (shell, " or ".join(_SHELLS)))
         items = _command_list(commands, _target_platform(shell))
-        self._check_present()
+        if check:
+            self._check_present()
         return _render_script(shell, self._activation(shell), items)
 
     def _check_present(self):
@@ -4370,14 +4378,14 @@ class Environment(object):
         return env
 
     def _prepare_script(self, commands, shell):
-        if self.tool in ("pixi", "micromamba"):
-            self.manager.install_tool()
         shell = shell or _default_shell()
         if shell == "powershell" and not _WINDOWS:
             raise SpecError("PowerShell scripts are written for Windows (prefix\\Scripts, the commands for "
                             "'windows'); on Linux and macOS run commands with shell='bash' (env.script(..., "
                             "shell='powershell') still shows one)")
-        text = self.script(commands, shell)
+        text = self._script(commands, shell, check=True)     # the tool's path is known before it is installed
+        if self.tool in ("pixi", "micromamba"):
+            self.manager.install_tool()
         try:
             return shell, _shell_argv(shell, _write_script(text, shell))
         except OSError as exc:

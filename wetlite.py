@@ -5334,9 +5334,12 @@ class EnvironmentManager(object):
                 import time
                 record = self._load_record(env.name)[0]
                 if record is not None:
-                    record.setdefault("installed", []).append(dict(
-                        _spec_summary(_mask_secrets(spec)), config=cfg and cfg["path"],
-                        at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+                    added = dict(_spec_summary(_mask_secrets(spec)), config=cfg and cfg["path"],
+                                 at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                    for key, value in (("optional_dependencies", optional), ("post_install", post_install)):
+                        if value is not None:
+                            added[key] = _mask_secrets(value)
+                    record.setdefault("installed", []).append(added)
                     record.pop("activation", None)
                     _write_json(self._record_path(env.name), record)
 

@@ -4273,6 +4273,7 @@ class Environment(object):
         self._worker_output = None
         self._activation_cache = None
         self._runtime_hold = None               # keeps gc away from the runtime copy the worker runs
+        self._building = False                  # its own build may run commands (post_install) in it
         self._launching = _thread_lock()
 
     def __repr__(self):
@@ -4342,6 +4343,8 @@ class Environment(object):
         Without this check a deleted environment would run on the host's
         Python: its scripts put a bin/ that no longer exists first on PATH.
         """
+        if self._building:
+            return
         if self.managed:
             record, problem = self.manager._load_record(self.name)
             if record is None and problem is None:
@@ -5140,12 +5143,14 @@ class EnvironmentManager(object):
         }
         _write_json(self._record_path(name), record)
         env = self._from_record(name, record)
+        env._building = True
         try:
             _makedirs_private(os.path.dirname(directory))
             getattr(self, "_build_" + self.tool)(env, recipe, progress)
             if recipe["post_install"] is not None:
                 self._report(progress, "install", None)
                 env.run(recipe["post_install"], output=lambda line: self._report(progress, "install", line))
+            env._building = False
             version = _interpreter_version(env.python)
             if version is None:
                 raise ToolError("environment %r was built but its interpreter %s does not run; see %s"

@@ -274,8 +274,9 @@ def test_a_full_disk_during_create_names_the_path(tmp_path, full_disk):
     assert mgr.list() == []
 
 
-def test_a_full_disk_during_launch_names_the_path(tmp_path, full_disk, shared):
+def test_a_full_disk_during_launch_names_the_path(tmp_path, full_disk, shared, monkeypatch):
     _, built = shared
+    monkeypatch.setattr(wetlite, "_RUNTIME_FALLBACK", {})   # no temp-dir copy left by an earlier test
     mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")     # no runtime copy there yet
     env = mgr.load("borrowed", built.path)
     full_disk(".wetlite.py.")           # the runtime copy, under the root and in the temp dir fallback alike

@@ -4215,7 +4215,7 @@ def _run_streaming(argv, label, env=None, cwd=None, on_line=None, log_path=None,
             log_file.close()
     if timed_out:
         raise CommandTimeout("stopped %s: the timeout of %s s passed%s"
-                             % (timeout_what or what or label, timeout,
+                             % (timeout_what or what or label, _format_number(timeout),
                                 "; the last output:\n" + _indent(tail) if tail else " (there was no output)"),
                              returncode=returncode, output_tail="\n".join(tail))
     if returncode != 0 and what is not None:
@@ -4233,7 +4233,7 @@ def _run_capture(argv, env=None, cwd=None, timeout=600, what=None):
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=env, cwd=cwd, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise CommandTimeout("stopped %s: the timeout of %s s passed" % (what or argv[0], timeout))
+        raise CommandTimeout("stopped %s: the timeout of %s s passed" % (what or argv[0], _format_number(timeout)))
     except OSError as exc:
         raise ToolError("cannot run %s: %s" % (argv[0], exc))
     if proc.returncode != 0:

@@ -93,6 +93,11 @@ __all__ = [
     "RemoteError",
     "WorkerDied",
     "CallTimeout",
+    "Task",
+    "Progress",
+    "RemoteObject",
+    "report_progress",
+    "cancel_requested",
     "PIXI_VERSION",
     "MICROMAMBA_VERSION",
     "DEFAULT_CHANNELS",
@@ -4275,6 +4280,7 @@ class Environment(object):
         self._runtime_hold = None               # keeps gc away from the runtime copy the worker runs
         self._building = False                  # its own build may run commands (post_install) in it
         self._launching = _thread_lock()
+        self._cancel_grace = _CANCEL_GRACE
 
     def __repr__(self):
         return "<%s %r (%s) at %r>" % (type(self).__name__, self.name, self.tool, self.path)
@@ -4487,51 +4493,116 @@ class Environment(object):
             worker = self._worker
         return worker
 
-    def _call(self, message, payload_args, what, timeout, future=None):
+    def _call(self, message, payload_args, what, timeout, future=None, task=None):
         try:
-            return self._running_worker().call(message, payload_args, what, timeout, future)
+            return self._running_worker().call(message, payload_args, what, timeout, future, task)
         except _NotSent:
             # It died while idle (nothing was running): start a new one.
-            return self._running_worker().call(message, payload_args, what, timeout, future)
+            return self._running_worker().call(message, payload_args, what, timeout, future, task)
 
-    def execute(self, module, function, args=(), kwargs=None, timeout=None):
+    @property
+    def cancel_grace(self):
+        """Seconds a cancelled call gets to stop on its own before it is interrupted (default 2)."""
+        return self._cancel_grace
+
+    @cancel_grace.setter
+    def cancel_grace(self, seconds):
+        self._cancel_grace = _check_timeout(seconds, "cancel_grace", none_ok=False)
+
+    def execute(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False):
         """Call ``module.function(*args, **kwargs)`` in the environment; return its result.
 
-        ``module`` is a dotted name importable there, or a path to a .py
-        file; ``function`` may be a dotted path (``Class.method``).  The
-        result comes back by value.  A remote exception is re-raised as its
-        own type when the host has it, else as RemoteError.  ``timeout``
-        (seconds) raises CallTimeout and stops the call.
+        ``module`` is a dotted name importable there, a path to a .py file,
+        or a RemoteObject (then ``function`` is its method); ``function`` may
+        be a dotted path (``Class.method``).  The result comes back by value,
+        or with ``ref=True`` as a RemoteObject that stays in the worker.  A
+        remote exception is re-raised as its own type when the host has it,
+        else as RemoteError.  ``timeout`` (seconds) raises CallTimeout and
+        stops the call.  ``progress(task, progress)`` receives the call's
+        progress reports (see Task); all have been delivered when execute()
+        returns.
         """
-        module = type(module) is str and _TARGETS.get(module) or _module_target(module)
+        target = type(module) is str and _TARGETS.get(module)
+        if not target:
+            target = _module_target(module)
+            if type(target) is RemoteObject:
+                return self._execute(target, function, args, kwargs, timeout, progress, ref)
         if (type(function) is not str or not function or type(args) is not tuple and type(args) is not list
                 or kwargs is not None and type(kwargs) is not dict):
             _check_call_arguments(function, args, kwargs)
         if timeout is not None:
             timeout = _check_timeout(timeout)
         worker = self._worker
-        if worker is None or worker.dead is not None or worker._closed:
-            worker = self._running_worker()
+        if progress is not None or ref or worker is None or worker.dead is not None or worker._closed:
+            return self._execute(target, function, args, kwargs, timeout, progress, ref)
         try:
-            return worker.call(("call", module, function), (args, kwargs), (module, function), timeout)
+            return worker.call(("call", target, function), (args, kwargs), (target, function), timeout)
         except _NotSent:
-            return self._call(("call", module, function), (args, kwargs), (module, function), timeout)
+            return self._execute(target, function, args, kwargs, timeout, progress, ref)
 
-    def submit(self, module, function, args=(), kwargs=None, timeout=None):
-        """Like execute(), but return a concurrent.futures.Future at once."""
-        import concurrent.futures
-        module = _module_target(module)
+    def _execute(self, target, function, args, kwargs, timeout, progress, ref):
+        """execute() off its hot path: progress, ref, a RemoteObject, or a worker to start."""
         _check_call_arguments(function, args, kwargs)
         timeout = _check_timeout(timeout)
-        future = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
-        return self._call(("call", module, function), (args, kwargs), (module, function), timeout, future)
+        _check_callback(progress, "progress")
+        task = _new_task(self, (_target_name(target), function), None, progress) if progress is not None else None
+        try:
+            result = self._send("ref" if ref else "call", target, function, (args, kwargs), timeout, None, task)
+        except BaseException as exc:
+            if task is not None:
+                task.set_exception(exc)
+                _callbacks_drained()
+            raise
+        if task is not None:
+            task.set_result(result)
+            _callbacks_drained()
+        return result
+
+    def submit(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False,
+               cancel_grace=None):
+        """Like execute(), but return a Task (a concurrent.futures.Future) at once.
+
+        ``progress(task, progress)`` is added as a progress callback.
+        ``cancel_grace`` (seconds) overrides ``env.cancel_grace`` for this
+        call: see Task.cancel().
+        """
+        target = _module_target(module)
+        _check_call_arguments(function, args, kwargs)
+        timeout = _check_timeout(timeout)
+        _check_callback(progress, "progress")
+        task = _new_task(self, (_target_name(target), function), _check_timeout(cancel_grace, "cancel_grace"),
+                         progress)
+        return self._send("ref" if ref else "call", target, function, (args, kwargs), timeout, task, task)
+
+    def _send(self, op, target, function, payload_args, timeout=None, future=None, task=None):
+        """One request about ``function`` of ``target``: a module, or a RemoteObject (then to its own worker)."""
+        if type(target) is not RemoteObject:
+            return self._call((op, target, function), payload_args, (target, function), timeout, future, task)
+        worker = target._wl_check(self)
+        message = (op, target._wl_id, function)
+        try:
+            return worker.call(message, payload_args, (target._wl_label, function), timeout, future, task)
+        except _NotSent:
+            target._wl_check(self)              # says the worker is gone
+            raise
+
+    def _get(self, target, path):
+        """An attribute's value, one round trip (or a _ProxyInfo for a callable)."""
+        return self._send("get", target, path, None)
+
+    def _set(self, target, path, value):
+        return self._send("set", target, path, ((value,), None))
+
+    def _describe(self, target, path):
+        return self._send("describe", target, path, None)
 
     def import_module(self, module):
-        """A proxy of ``module`` in the environment: ``mod.f(x)`` is one round trip."""
+        """A proxy of ``module`` in the environment: ``mod.f(x)`` is one round trip,
+        ``mod.__version__`` (plain data) one round trip by value.  See _RemoteModule."""
         module = _module_target(module)
-        names = self._call(("dir", module), None, "import of %s in environment %r" % (module, self.name), None)
-        return _RemoteModule(self, module, names)
+        info = self._call(("describe", module, None), None, "import of %s in environment %r" % (module, self.name),
+                          None)
+        return _RemoteModule(self, module, info)
 
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
         """Run a Python script in the worker, with ``sys.argv = [path] + args``."""
@@ -4650,6 +4721,8 @@ def _module_target(module):
     """A module name as given, or a .py path made absolute in the host's cwd."""
     given = module
     if type(module) is not str:
+        if type(module) is RemoteObject:
+            return module
         try:
             module = os.fspath(module)
         except TypeError:
@@ -4712,33 +4785,71 @@ class _MainEnvironment(Environment):
 
     def __init__(self, manager):
         Environment.__init__(self, manager, "main", sys.prefix, "main", python=sys.executable)
-        self._pool = None
+        self._threads = None
 
     def launch(self, timeout=60, output=None):
         self.manager._check_open(self.name)
         return self
 
-    def execute(self, module, function, args=(), kwargs=None, timeout=None):
+    def execute(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False):
         if self.manager._closed:
             self.manager._check_open(self.name)
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-            import concurrent.futures
-            future = self.submit(module, function, args, kwargs)
-            try:
-                return future.result(timeout)
-            except concurrent.futures.TimeoutError:
-                raise CallTimeout("%s:%s did not finish within %s s (in the host process it cannot be stopped; it "
-                                  "goes on in the background)" % (module, function, timeout))
-        return _resolve(_module_target(module), function)(*args, **(kwargs or {}))
-
-    def submit(self, module, function, args=(), kwargs=None, timeout=None):
-        import concurrent.futures
-        self.manager._check_open(self.name)
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1)   # in order, like a worker
         target = _module_target(module)
-        return self._pool.submit(lambda: _resolve(target, function)(*args, **(kwargs or {})))
+        if timeout is not None:
+            task = self.submit(module, function, args, kwargs, timeout, progress=progress, ref=ref)
+            try:
+                return task.result()
+            finally:
+                _callbacks_drained()
+        _check_call_arguments(function, args, kwargs)
+        if _HANDLES_MADE:
+            args, kwargs = _local_arguments(args, kwargs)
+        if not _IMPORTABLE:
+            _make_importable()
+        if progress is None and not ref:
+            return _local_target(target, function)(*args, **(kwargs or {}))
+        _check_callback(progress, "progress")
+        task = _new_task(self, (_target_name(target), function), None, progress)
+        task._bind(next(_call_ids()), None)
+        try:
+            result = _run_in_scope(_CallScope(task.id, _progress_sink(task)), _local_target(target, function),
+                                   args, kwargs)
+        finally:
+            _callbacks_drained()
+        return self._local_ref(result, task.id) if ref else result
+
+    def submit(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False,
+               cancel_grace=None):
+        self.manager._check_open(self.name)
+        target = _module_target(module)
+        _check_call_arguments(function, args, kwargs)
+        timeout = _check_timeout(timeout)
+        _check_callback(progress, "progress")
+        task = _new_task(self, (_target_name(target), function), _check_timeout(cancel_grace, "cancel_grace"),
+                         progress)
+        if _HANDLES_MADE:
+            args, kwargs = _local_arguments(args, kwargs)
+        if self._threads is None:
+            with self._launching:
+                if self._threads is None:
+                    self._threads = _InProcess(self, 1)         # in order, like a worker
+        return self._threads.submit(task, lambda *a, **k: _local_target(target, function)(*a, **k), args, kwargs,
+                                    timeout, self._local_ref if ref else None)
+
+    def _local_ref(self, result, call_id):
+        return RemoteObject._wl_make(self, None, call_id, _describe(result, True), result)
+
+    def _get(self, target, path):
+        value = _walk(_local_target(target, None) if type(target) is RemoteObject else _resolve(target, None),
+                      path, "the object")
+        return _ProxyInfo(None) if callable(value) else value
+
+    def _set(self, target, path, value):
+        owner, _, name = path.rpartition(".")
+        setattr(_local_target(target, owner or None), name, value)
+
+    def _describe(self, target, path):
+        return _describe(_local_target(target, path), False)
 
     def import_module(self, module):
         self.manager._check_open(self.name)
@@ -4749,9 +4860,9 @@ class _MainEnvironment(Environment):
         return _run_script(os.path.abspath(os.fspath(path)), *args, run_name=run_name)
 
     def exit(self):
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.close()
 
     importModule = import_module
     runScript = run_script
@@ -5794,34 +5905,51 @@ def _recipe_diff(old, new):
 #      worker -> host  ("hello", PROTOCOL_VERSION, wetlite version,
 #                       python version, highest pickle protocol, pid)
 #      host -> worker  ("hello", pickle protocol to use)  # the lower of both
-#      host -> worker  ("call", id, module, function, payload)
+#      host -> worker  ("call", id, target, function, payload)   the result by value
+#                      ("ref", id, target, function, payload)    the result kept in the
+#                                                                worker as handle `id`
+#                      ("get", id, target, path)          an attribute, by value
+#                      ("set", id, target, path, payload)
+#                      ("describe", id, target, path)     names, kinds, repr, doc
 #                      ("script", id, path, payload)   payload = pickled (args, kwargs)
-#                      ("dir", id, module)
 #                      ("cancel", id)                  drop a call not started yet
+#                      ("drop", ids)                   forget these handles
 #                      ("exit",)
 #      worker -> host  ("ok", id, pickled result)
+#                      ("ref", id, description)        see _describe()
+#                      ("callable", id, description)   a "get" that found a callable
+#                      ("progress", id, current, total, message)   while call `id` runs
+#                      ("cancelled", id)               dropped before it started
 #                      ("err", id, error dict)         see _error_info()
 #      both ways       ("release", names)              done with these shared-memory segments
 #
+#    A target is a module (a dotted name or a .py path) or, as an int, the id
+#    of a handle: the call that made it.  Ids are unique in the host process.
 #    Arguments and results are pickled separately from the envelope, so an
 #    object that cannot cross fails that call alone, with a clear error.
 #    A payload is bytes, or ("ext", bytes, refs, numpy version) when it has
 #    big buffers or NumPy objects: see "Large buffers through shared memory".
 #    Calls run on the worker's main thread in order.  The worker's stdout
 #    and stderr are pipes the host reads line by line: prints never touch the
-#    protocol.  On POSIX a "lifeline" pipe, whose write end only the host
-#    holds, feeds a worker reader thread: "interrupt ID" stops call ID if it
-#    is the one running (a SIGINT to itself, which the worker turns into
-#    KeyboardInterrupt only inside a call), "exit" stops what runs so the
-#    exit request is read, and EOF means the host died.  On Windows the host
-#    sends CTRL_BREAK instead, and that thread waits on the host's process.
+#    protocol.  A call's first print is preceded by a marker line
+#    ("\0wetlite:ID"), and "\0wetlite:-" follows its last one, so the host
+#    can tell which call printed what.  On POSIX a "lifeline" pipe, whose
+#    write end only the host holds, feeds a worker reader thread: "cancel ID"
+#    makes cancel_requested() true in call ID (or drops it before it starts),
+#    "interrupt ID" stops call ID if it is the one running (a SIGINT to
+#    itself, which the worker turns into KeyboardInterrupt only inside a
+#    call), "exit" stops what runs so the exit request is read, and EOF means
+#    the host died.  On Windows the host sends CTRL_BREAK instead, and that
+#    thread waits on the host's process.
 # =============================================================================
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 _WORKER_ENV = "WETLITE_WORKER"          # "family|authkey hex|lifeline fd|host pid|address"
 _HOST_CHECK_INTERVAL = 1.0              # seconds between the worker's checks that its host lives
 _INTERRUPT_GRACE = 2.0                  # seconds a timed-out call gets to stop before a kill
 _EXIT_GRACE = 2.0                       # seconds a worker gets to leave on its own
+_CANCEL_GRACE = 2.0                     # seconds a cancelled call gets to stop on its own before an interrupt
+_PROGRESS_INTERVAL = 0.05               # seconds between two progress reports of one call, at least
 
 
 def _error_info(exc, protocol):
@@ -5868,7 +5996,8 @@ def _rebuild_error(info, what):
     stage = info.get("stage")
     if stage == "result":
         return ExecutorError("the result of %s could not be pickled in the worker (%s: %s); return plain data "
-                             "(numbers, strings, lists, dicts, arrays) instead" % (what, info["type"], info["message"]))
+                             "(numbers, strings, lists, dicts, arrays) instead, or pass ref=True to keep it in the "
+                             "worker and get a RemoteObject" % (what, info["type"], info["message"]))
     if stage == "arguments":
         return ExecutorError("the arguments of %s could not be unpickled in the worker (%s: %s); pass types the "
                              "environment can import" % (what, info["type"], info["message"]))
@@ -5906,6 +6035,13 @@ class _WorkerState(object):
     cache = None                # the host's segments it has attached (arguments)
     path_modules = {}           # absolute path -> (mtime_ns, size, module)
     resolved = {}               # (module name, function) -> (module, object): the hot path
+    cancelled = set()           # ids the host cancelled: dropped before they start, or seen by cancel_requested()
+    objects = {}                # handle id -> the object a RemoteObject of the host stands for
+    send = None                 # sends one message (see _serve_loop for why it needs no lock)
+    protocol = 2
+    reporter = None             # the running call's progress (a _CallScope), made on its first report
+    streams = ()                # sys.stdout and sys.stderr, marking which call prints
+    marked = False              # a stream has marked a call's output, which must be ended
 
 
 _LEAN = {}
@@ -5957,7 +6093,9 @@ def _serve():
     conn.send_bytes(pickle.dumps(("hello", PROTOCOL_VERSION, __version__, "%d.%d.%d" % sys.version_info[:3],
                                   highest, os.getpid(), _shm_available()), 2))
     reply = pickle.loads(conn.recv_bytes())
-    protocol = reply[1]
+    protocol = _WorkerState.protocol = reply[1]
+    _WorkerState.send = conn.send_bytes
+    _tag_output_streams()
     if len(reply) > 2 and reply[2]:
         _WorkerState.pool = _ShmPool(reply[2])
         _WorkerState.cache = _ShmCache()
@@ -6058,6 +6196,37 @@ class _SocketConnection(object):
                 raise EOFError("the host closed the connection")
             got += n
         return buf
+
+
+def _tag_output_streams():
+    """Replace sys.stdout and sys.stderr with streams that mark which call
+    prints (see section 13): a marker line before a call's first write."""
+    import io
+
+    class TaggedStream(io.TextIOWrapper):
+        mark = None             # the call whose lines follow
+
+        def write(self, text):
+            if self.mark != _WorkerState.current:
+                self.switch(_WorkerState.current)
+            return io.TextIOWrapper.write(self, text)
+
+        def switch(self, call_id):
+            self.mark = call_id
+            _WorkerState.marked = True
+            io.TextIOWrapper.write(self, "\0wetlite:%s\n" % ("-" if call_id is None else call_id))
+
+    streams = []
+    for name in ("stdout", "stderr"):
+        old = getattr(sys, name)
+        try:
+            raw = io.FileIO(old.fileno(), "w", closefd=False)       # the fd stays open for sys.__stdout__
+            new = TaggedStream(raw, encoding=old.encoding, errors=old.errors, write_through=True)
+        except (AttributeError, OSError, ValueError):
+            continue
+        setattr(sys, name, new)
+        streams.append(new)
+    _WorkerState.streams = tuple(streams)
 
 
 def _connect_to_host(address, family, authkey):
@@ -6202,6 +6371,9 @@ def _obey(words):
         target = _WorkerState.current
     elif words[:1] == [b"interrupt"] and len(words) == 2:
         target = int(words[1])
+    elif words[:1] == [b"cancel"] and len(words) == 2:
+        _WorkerState.cancelled.add(int(words[1]))      # seen by cancel_requested(), or when it would start
+        return
     else:
         return
     if target is not None and target == _WorkerState.current and _WorkerState.in_call:
@@ -6248,10 +6420,21 @@ def _readiness_check(conn):
     return lambda: bool(select.select([fd], [], [], 0)[0])
 
 
+_CONTROL_OPS = frozenset(["cancel", "release", "drop", "exit"])     # the requests without a reply
+
+
 def _serve_loop(conn, protocol, pool=None, cache=None):
-    """Answer requests until the host asks to exit (return True) or goes away (False)."""
+    """Answer requests until the host asks to exit (return True) or goes away (False).
+
+    Only this thread sends, but for progress reports, which a call's scope
+    sends under its lock while the call runs: _end_of_call() closes the
+    scope before the reply goes.  So sends need no lock of their own.
+    """
     pickle = _lean("_pickle", "pickle")
     dumps, loads = pickle.dumps, pickle.loads
+    send = conn.send_bytes
+    state = _WorkerState
+    cancelled = state.cancelled
     queue = []                                  # requests read ahead (a list: collections costs an import)
     readable = _readiness_check(conn)
     freed = cache.freed if cache is not None else ()        # the host's segments we are done with
@@ -6261,54 +6444,73 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
                 queue.append(loads(conn.recv_bytes()))
             except (EOFError, OSError):
                 return False
-        cancels = None
         try:
             while readable():                   # pick up cancels of queued calls
                 message = loads(conn.recv_bytes())
-                if message[0] == "cancel":
-                    cancels = cancels or set()
-                    cancels.add(message[1])
-                elif message[0] == "release":
-                    pool.release(message[1])
+                if message[0] in _CONTROL_OPS and message[0] != "exit":
+                    _control(message, pool)
                 else:
                     queue.append(message)
-            if cancels:
-                kept = []
-                for m in queue:
-                    if m[0] in ("call", "script", "dir") and m[1] in cancels:
-                        conn.send_bytes(dumps(("cancelled", m[1]), protocol))
-                    else:
-                        kept.append(m)
-                queue = kept
-                if not queue:
-                    continue
         except (EOFError, OSError):
             return False
         message = queue.pop(0)
         op = message[0]
         try:
-            if op == "exit":
-                for dropped in queue:
-                    if dropped[0] in ("call", "script", "dir"):
-                        conn.send_bytes(dumps(("cancelled", dropped[1]), protocol))
-                return True
-            if op == "cancel":
-                continue                        # its call already ran or is unknown
-            if op == "release":
-                pool.release(message[1])
+            if op != "call":
+                if op == "exit":
+                    for dropped in queue:
+                        if dropped[0] not in _CONTROL_OPS:
+                            send(dumps(("cancelled", dropped[1]), protocol))
+                    return True
+                if op in _CONTROL_OPS:
+                    _control(message, pool)
+                    continue
+            call_id = message[1]
+            if cancelled and call_id in cancelled:      # cancelled while it waited: it never starts
+                cancelled.discard(call_id)
+                send(dumps(("cancelled", call_id), protocol))
                 continue
-            _WorkerState.current = message[1]
+            state.current = call_id
             try:
                 reply = _handle(message, protocol, pool, cache)
             finally:
-                _WorkerState.current = None
+                state.current = None
+                if state.reporter is not None or state.marked or cancelled:
+                    _end_of_call(call_id)
             if freed:                           # the host's segments this call is done with
-                conn.send_bytes(dumps(("release", cache.drain()), protocol))
-            conn.send_bytes(reply)
-            if _WorkerState.exiting:
+                send(dumps(("release", cache.drain()), protocol))
+            send(reply)
+            if state.exiting:
                 return True
         except (EOFError, OSError):
             return False
+
+
+def _control(message, pool):
+    """Act on a request that has no reply."""
+    op = message[0]
+    if op == "cancel":
+        _WorkerState.cancelled.add(message[1])
+    elif op == "release":
+        pool.release(message[1])
+    elif op == "drop":
+        for handle_id in message[1]:
+            _WorkerState.objects.pop(handle_id, None)
+
+
+def _end_of_call(call_id):
+    """Before the reply: the call's last progress report, and the end of its output."""
+    reporter = _WorkerState.reporter
+    if reporter is not None:
+        _WorkerState.reporter = None
+        reporter.finish()
+    if _WorkerState.marked:
+        for stream in _WorkerState.streams:
+            if stream.mark is not None:
+                stream.switch(None)
+        _WorkerState.marked = False
+    if _WorkerState.cancelled:
+        _WorkerState.cancelled.discard(call_id)
 
 
 def _handle(message, protocol, pool, cache):
@@ -6316,8 +6518,9 @@ def _handle(message, protocol, pool, cache):
     pickle = _lean("_pickle", "pickle")
     op, call_id = message[0], message[1]
     stage = "arguments"
+    kind = "ok"
     try:
-        if op in ("call", "script"):
+        if op == "call" or op == "ref" or op == "script" or op == "set":
             payload = message[-1]
             if type(payload) is tuple:
                 args, kwargs = _loads_payload(payload, cache)
@@ -6326,15 +6529,31 @@ def _handle(message, protocol, pool, cache):
             stage = "call"
             if op == "call":
                 result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
-            else:
+            elif op == "ref":
+                result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
+                _WorkerState.objects[call_id] = result
+                kind, result = "ref", _describe(result, True)
+            elif op == "script":
                 result = _call_on_main_thread(_run_script, (message[2],) + tuple(args), kwargs)
+            else:
+                owner, _, name = message[3].rpartition(".")
+                setattr(_lookup(message[2], owner or None), name, args[0])
+                result = None
         else:
             stage = "call"
-            if op != "dir":
+            if op == "get":
+                result = _lookup(message[2], message[3])
+                if callable(result) or isinstance(result, type(sys)):
+                    kind, result = "proxy", _describe(result, False)
+            elif op == "describe":
+                target = _lookup(message[2], message[3])
+                result = _describe(target, message[3] is None or not callable(target))
+            else:
                 raise ProtocolError("unknown request %r" % (op,))
-            result = sorted(n for n in dir(_resolve(message[2], None)) if not n.startswith("__"))
         stage = "result"
-        reply = ("ok", call_id, _dumps_payload(result, protocol, pool))
+        if kind == "ok":
+            result = _dumps_payload(result, protocol, pool)
+        reply = (kind, call_id, result)
     except BaseException as exc:
         info = _error_info(exc, protocol)
         if stage != "call":
@@ -6372,37 +6591,139 @@ def _leave_forked_child(exc):
 
 
 def _resolve(target, function):
-    """The object ``function`` (a dotted path) of module ``target`` (a name or a .py path)."""
+    """The object ``function`` (a dotted path, or None) of ``target`` (a module
+    name, a .py path, or a handle id).  Cached for modules: the hot path."""
     module = sys.modules.get(target)            # the hot path: an imported module by name
     if module is not None:
         cached = _WorkerState.resolved.get((target, function))
         if cached is not None and cached[0] is module:
             return cached[1]
+    elif type(target) is int:                   # a handle's method: the hot path of RemoteObjects
+        objects = _WorkerState.objects
+        if target in objects and function is not None and "." not in function:
+            return getattr(objects[target], function)
+        return _walk(_held_object(target), function, "the object")
     else:
-        if target.endswith(".py") or os.sep in target or (os.altsep and os.altsep in target):
-            module = _load_path_module(target)
-        else:
-            import importlib
-            module = importlib.import_module(target)
+        module = _import_target(target)
     if function is None:
         return module
-    obj = module
-    walked = target
-    for part in function.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            if obj is not module and not hasattr(obj, "__path__"):
-                raise
-            import importlib
-            try:                                # a submodule not imported yet
-                obj = importlib.import_module(getattr(obj, "__name__", walked) + "." + part)
-            except ImportError:
-                raise AttributeError("%s has no attribute %r" % (walked, part))
-        walked += "." + part
+    obj = _walk(module, function, target)
     if sys.modules.get(target) is module:
         _WorkerState.resolved[(target, function)] = (module, obj)
     return obj
+
+
+def _lookup(target, path):
+    """Like _resolve, uncached: for attribute values, which may change."""
+    if type(target) is int:
+        return _walk(_held_object(target), path, "the object")
+    module = sys.modules.get(target)
+    return _walk(module if module is not None else _import_target(target), path, target)
+
+
+def _import_target(target):
+    if target.endswith(".py") or os.sep in target or (os.altsep and os.altsep in target):
+        return _load_path_module(target)
+    import importlib
+    return importlib.import_module(target)
+
+
+def _walk(obj, path, walked):
+    """Follow the dotted ``path`` from ``obj``, importing submodules on the way."""
+    if path is None:
+        return obj
+    for part in path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if not hasattr(obj, "__path__"):    # not a package: no submodule to import
+                raise
+            import importlib
+            try:                                # a submodule not imported yet
+                obj = importlib.import_module(obj.__name__ + "." + part)
+            except ImportError:
+                raise AttributeError("%s has no attribute %r" % (walked, part))
+        walked += "." + part
+    return obj
+
+
+def _held_object(handle_id):
+    """The object behind the host's handle ``handle_id`` (unpickling a RemoteObject argument calls this)."""
+    try:
+        return _WorkerState.objects[handle_id]
+    except KeyError:
+        raise ExecutorError("RemoteObject #%d is not in this worker: it was released" % handle_id)
+
+
+_REPR_LIMIT = 400
+
+
+def _describe(obj, members):
+    """What a host shows of a remote object without asking again: its type,
+    repr, doc and name, and with ``members`` its names, which of them are
+    methods (callables and submodules, used remotely) and which plain data
+    (read by value).  Found without running properties or a module's
+    __getattr__."""
+    cls = type(obj)
+    try:
+        text = repr(obj)
+    except Exception:
+        text = "<%s object>" % cls.__name__
+    doc = getattr(obj, "__doc__", None)
+    name = getattr(obj, "__name__", None)
+    module = getattr(sys.modules.get(cls.__module__), "__wetlite_display_name__", cls.__module__)  # a .py by path
+    info = {"type": "%s.%s" % (module, getattr(cls, "__qualname__", cls.__name__)),
+            "repr": text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT - 3] + "...",
+            "doc": doc if isinstance(doc, str) else None, "name": name if isinstance(name, str) else None}
+    if not members:
+        return info
+    try:
+        names = dir(obj)
+    except Exception:
+        names = []
+    own = getattr(obj, "__dict__", None)
+    own = own if isinstance(own, dict) else {}
+    classes = () if isinstance(obj, type(sys)) else cls.__mro__
+    methods, data = [], []
+    missing = object()
+    for n in names:
+        found = missing
+        for klass in classes:
+            if n in klass.__dict__:
+                found = klass.__dict__[n]
+                break
+        if found is not missing and hasattr(type(found), "__set__"):
+            continue                                # a property or slot: read when asked
+        if n in own:
+            value = own[n]
+            if callable(value) or isinstance(value, type(sys)):
+                methods.append(n)
+            elif _is_data(value):
+                data.append(n)
+        elif found is not missing:
+            if callable(found) or isinstance(found, (staticmethod, classmethod)):
+                methods.append(n)                   # a method: a function on the class
+            elif not hasattr(type(found), "__get__") and _is_data(found):
+                data.append(n)
+    info.update(names=names, methods=methods, data=data)
+    return info
+
+
+def _is_data(value, depth=2):
+    """Plain data that reads well by value: numbers, strings, bytes, None, and
+    small tuples, lists, sets and dicts of them."""
+    cls = type(value)
+    if cls in _PLAIN_TYPES or cls is bytes:
+        return True
+    if not depth or cls not in (tuple, list, set, frozenset, dict) or len(value) > 10000:
+        return False
+    for item in (value.items() if cls is dict else value):
+        if cls is dict:
+            if not (_is_data(item[0], 0) and _is_data(item[1], depth - 1)):
+                return False
+        elif not _is_data(item, depth - 1):
+            return False
+    return True
 
 
 def _load_path_module(path):
@@ -7435,13 +7756,25 @@ class _NotSent(WorkerDied):
     so the environment may start a new worker and send it there."""
 
 
-class _Waiter(object):
-    __slots__ = ("id", "what", "future", "reply", "done", "deadline", "timed_out", "kill_at", "segments")
+_CALL_IDS = None                # itertools.count: call ids, unique in this process (Task.id, handle ids)
 
-    def __init__(self, call_id, what, future, deadline):
+
+def _call_ids():
+    global _CALL_IDS
+    if _CALL_IDS is None:
+        import itertools
+        _CALL_IDS = itertools.count(1)
+    return _CALL_IDS
+
+
+class _Waiter(object):
+    __slots__ = ("id", "what", "future", "task", "reply", "done", "deadline", "timed_out", "kill_at", "segments")
+
+    def __init__(self, call_id, what, future, deadline, task=None):
         self.id = call_id
         self.what = what
         self.future = future
+        self.task = task                # receives the call's progress (the future, or a synchronous call's Task)
         self.reply = None
         self.done = False
         self.deadline = deadline
@@ -7455,7 +7788,6 @@ class _Worker(object):
 
     def __init__(self, env, timeout, output):
         import collections
-        import itertools
         import threading
         self.env = env
         self.name = env.name
@@ -7470,7 +7802,7 @@ class _Worker(object):
         self._reading = False
         self._waiters = {}
         self._order = collections.deque()       # ids in the order the worker runs them
-        self._ids = itertools.count(1)
+        self._ids = _call_ids()
         self._futures = 0                       # pending calls from submit()
         self._timed = 0                         # pending calls with a deadline
         self._sleepers = 0                      # callers waiting for the reader to hand them a reply
@@ -7480,6 +7812,7 @@ class _Worker(object):
         self.shm_pool = self.shm_cache = self.shm_worker_prefix = None
         self._shm_freed = ()                    # shm_cache.freed: worker segments to release
         self._pending = []                      # control messages waiting for the send lock
+        self._dropped = []                      # ids of released handles, to tell the worker
         self._streams = []
         self._lifeline = None
         self._killing = False                   # a timed-out call's kill is under way
@@ -7593,28 +7926,52 @@ class _Worker(object):
     def _pump_output(self, stream, is_err):
         logger = _log()
         tag = "[%s%s] %%s" % (self.name, ":stderr" if is_err else "")
-        extra = {"env_name": self.name, "stream": "stderr" if is_err else "stdout"}
+        mark = None                     # the call the worker marked as printing (section 13)
         # A line longer than _LINE_LIMIT comes in pieces: no output can make the host hold it all.
         for raw in iter(lambda: stream.readline(_LINE_LIMIT), b""):
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if is_err:
-                self._stderr_tail.append(line)
-            if self.output is not None:
-                try:
-                    self.output(line)
-                except Exception:
-                    logger.exception("the output callback of environment %r failed", self.name)
-            else:
-                logger.info(tag, line, extra=extra)
+            if b"\0wetlite:" in raw:
+                before, _, word = raw.partition(b"\0wetlite:")
+                word = word.strip()
+                if word == b"-" or word.isdigit():
+                    if before:              # a line left unfinished before the marker
+                        self._output_line(before, mark, is_err, logger, tag)
+                    mark = None if word == b"-" else int(word)
+                    continue
+            self._output_line(raw, mark, is_err, logger, tag)
         stream.close()
+
+    def _output_line(self, raw, mark, is_err, logger, tag):
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if is_err:
+            self._stderr_tail.append(line)
+        if mark is None:                # printed outside Python's sys.stdout: the call running now
+            try:
+                mark = self._order[0]
+            except IndexError:
+                mark = None
+        tasks = _OUTPUT_TASKS
+        if tasks is not None and mark is not None:
+            task = tasks.get(mark)
+            if task is not None:
+                task._on_output(line)
+        if self.output is not None:
+            try:
+                self.output(line)
+            except Exception:
+                logger.exception("the output callback of environment %r failed", self.name)
+        else:
+            logger.info(tag, line, extra={"task_id": mark, "env_name": self.name,
+                                          "stream": "stderr" if is_err else "stdout"})
 
     # -- calls --------------------------------------------------------------
 
-    def call(self, message, payload_args, what, timeout, future=None):
+    def call(self, message, payload_args, what, timeout, future=None, task=None, pump=True):
         """Send one request; wait for its reply (or return ``future``).
 
         ``what`` names the call in errors: a string, or a (module, function)
-        pair formatted only when needed.
+        pair formatted only when needed.  ``task`` (``future``, or a Task made
+        for a synchronous call's progress callback) gets the call's progress.
+        With ``pump`` false, no thread reads for ``future`` until wait_for().
         """
         import pickle
         segments = ()
@@ -7623,9 +7980,13 @@ class _Worker(object):
             try:
                 if not kwargs and all(type(a) in _PLAIN_TYPES for a in args):
                     payload = pickle.dumps((tuple(args), {}), self.protocol)     # the common case, decided cheaply
+                elif _HANDLES_MADE:
+                    payload = self._dumps_with_handles(args, kwargs, self.shm_pool)
                 else:
                     payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol,
                                              self.shm_pool)
+            except ExecutorError:
+                raise                           # a RemoteObject that cannot go there says why
             except Exception as exc:
                 raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
                                     "sent" % (self._what(what), type(exc).__name__, exc))
@@ -7633,6 +7994,10 @@ class _Worker(object):
                 segments = [ref[0] for ref in payload[2]]
             message = message + (payload,)
         call_id = next(self._ids)
+        if future is not None and task is None:
+            task = future
+        if task is not None:
+            task._bind(call_id, self)
         data = pickle.dumps((message[0], call_id) + message[1:], self.protocol)
         waiter = None
         if timeout is not None:
@@ -7650,7 +8015,7 @@ class _Worker(object):
                     # with no waiter and no hand-off.
                     self._reading = True
                 else:
-                    waiter = _Waiter(call_id, what, future, timeout)
+                    waiter = _Waiter(call_id, what, future, timeout, task)
                     waiter.segments = segments
                     self._waiters[call_id] = waiter
                     if timeout is not None:
@@ -7662,6 +8027,8 @@ class _Worker(object):
                 self._queue_release()
             if self._pending:
                 self._flush_pending()
+            if self._dropped:
+                self._send_dropped()
             try:
                 self.conn.send_bytes(data)
                 sent = True
@@ -7677,9 +8044,10 @@ class _Worker(object):
             self._on_death()
             raise _NotSent("the worker of environment %r is gone" % self.name)
         if fast:
-            return self._fast_reply(call_id, what, segments)
+            return self._fast_reply(call_id, what, segments, task)
         if future is not None:
-            self._ensure_pump()
+            if pump:
+                self._ensure_pump()
             if timeout is not None:
                 # Whoever reads may be blocked on a long call: a timer keeps the deadline.
                 import time
@@ -7691,6 +8059,40 @@ class _Worker(object):
             self._kill()                        # interrupted mid-call, as in _fast_reply
             raise
         return self._result(waiter)
+
+    def _dumps_with_handles(self, args, kwargs, pool):
+        """Pickle arguments that may hold RemoteObjects: they check that this is their worker."""
+        global _PICKLING_FOR
+        if _PICKLING_FOR is None:
+            import _thread
+            _PICKLING_FOR = _thread._local()
+        _PICKLING_FOR.worker = self
+        try:
+            return _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol, pool)
+        finally:
+            _PICKLING_FOR.worker = None
+
+    def drop_handle(self, handle_id):
+        """Tell the worker to forget a handle.  Safe in __del__: it never waits for a lock."""
+        if self.dead is not None or self._closed:
+            return
+        self._dropped.append(handle_id)
+        if self._send_lock.acquire(False):      # else the next call sends it
+            try:
+                self._send_dropped()
+            finally:
+                self._send_lock.release()
+
+    def _send_dropped(self):
+        """Send the dropped handle ids; the caller holds the send lock."""
+        import pickle
+        ids = self._dropped[:]
+        del self._dropped[:len(ids)]            # (more may be added meanwhile, at the end)
+        if ids:
+            try:
+                self.conn.send_bytes(pickle.dumps(("drop", ids), self.protocol))
+            except (OSError, EOFError, ValueError):
+                pass
 
     def _forget(self, call_id, fast):
         """Undo the registration of a call that was never (wholly) sent."""
@@ -7706,15 +8108,19 @@ class _Worker(object):
             except ValueError:
                 pass
 
-    def _fast_reply(self, call_id, what, segments):
+    def _fast_reply(self, call_id, what, segments, task=None):
         import pickle
         reply = None
         try:
             while True:
                 reply = pickle.loads(self.conn.recv_bytes())
                 if reply[1] == call_id:
-                    break
-                self._dispatch(reply)           # e.g. "cancelled" for a queued call sent after ours
+                    if reply[0] != "progress":
+                        break
+                    if task is not None:
+                        task._on_progress(reply[2:])
+                else:
+                    self._dispatch(reply)       # e.g. "cancelled" for a queued call sent after ours
                 reply = None
         except (EOFError, OSError):
             reply = None
@@ -7779,6 +8185,10 @@ class _Worker(object):
                     self._send_soon(None)
         if kind == "err":
             raise _rebuild_error(reply[2], self._what(what))
+        if kind == "ref":
+            return RemoteObject._wl_make(self.env, self, reply[1], reply[2])
+        if kind == "proxy":
+            return _ProxyInfo(reply[2])
         if kind == "died":
             raise reply[2]
         raise ExecutorError("%s was cancelled before it started" % self._what(what))
@@ -7882,7 +8292,7 @@ class _Worker(object):
                 self._interrupt(w.id)
                 self._expire_later(_INTERRUPT_GRACE)
             else:
-                self._send_soon(("cancel", w.id))
+                self._request_cancel(w.id)
             if w.future is not None:
                 self._settle_future(w, self._timeout_error(w))
 
@@ -7893,9 +8303,15 @@ class _Worker(object):
         timer.start()
 
     def _dispatch(self, reply):
-        if reply[0] == "release":               # the worker is done with these argument segments
+        kind = reply[0]
+        if kind == "release":                   # the worker is done with these argument segments
             if self.shm_pool is not None:
                 self.shm_pool.release(reply[1])
+            return
+        if kind == "progress":
+            waiter = self._waiters.get(reply[1])
+            if waiter is not None and waiter.task is not None:
+                waiter.task._on_progress(reply[2:])
             return
         with self._lock:
             waiter = self._waiters.pop(reply[1], None)
@@ -7918,7 +8334,7 @@ class _Worker(object):
             waiter.done = True
             if waiter.future is not None:
                 self._futures -= 1
-            elif self._sleepers:
+            if self._sleepers:
                 self._cond.notify_all()
         if unread:
             # Nobody will decode this reply: let the worker reuse its result segments.
@@ -7972,6 +8388,56 @@ class _Worker(object):
                     self._reading = False
                     if self._sleepers:
                         cond.notify_all()
+
+    def wait_for(self, task):
+        """Read replies on this thread until ``task`` (sent with pump=False) has its own."""
+        waiter = self._waiters.get(task.id)
+        if waiter is None:
+            return
+        try:
+            self._wait(waiter)
+        except BaseException:
+            self._kill()                        # interrupted mid-read, as in call()
+            raise
+
+    def is_running(self, call_id):
+        order = self._order
+        return bool(order) and order[0] == call_id
+
+    def cancel_call(self, call_id, grace):
+        """Stop call ``call_id`` (Task.cancel): at once the worker drops it if it
+        has not started, or cancel_requested() turns true in it; after
+        ``grace`` seconds it is interrupted, then killed, as a timed-out call
+        (see _expire).  Return whether it is running."""
+        import time
+        if grace is None:
+            grace = self.env.cancel_grace
+        with self._cond:
+            waiter = self._waiters.get(call_id)
+            if waiter is None or self.dead is not None:
+                return False                    # answered already: its task is settling
+            running = self._order[0] == call_id
+            stop_at = time.monotonic() + grace
+            if waiter.deadline is None:
+                waiter.deadline = stop_at
+                self._timed += 1
+            elif not waiter.timed_out and stop_at < waiter.deadline:
+                waiter.deadline = stop_at
+            self._cond.notify_all()             # readers recompute their deadlines
+        self._request_cancel(call_id)
+        self._ensure_pump()                     # its reply must be read, or the grace would end in a kill
+        self._expire_later(grace)
+        return running
+
+    def _request_cancel(self, call_id):
+        """The worker drops call ``call_id`` before it starts, or cancel_requested() is true in it."""
+        if self._lifeline is not None:
+            try:
+                os.write(self._lifeline, b"cancel %d\n" % call_id)
+                return
+            except OSError:
+                pass
+        self._send_soon(("cancel", call_id))    # Windows: read between calls only
 
     # -- stopping -----------------------------------------------------------
 
@@ -8166,53 +8632,829 @@ def _stop_live_workers():
         except Exception:
             pass
 
+# =============================================================================
+# 16. Tasks and progress
+#    A Task is a concurrent.futures.Future for one call, with progress,
+#    per-call output and a cancel that reaches the call.  Inside a call (in a
+#    worker, or in this process for main_environment) report_progress() and
+#    cancel_requested() talk to it.  Task callbacks run on one wetlite
+#    thread, in order; an exception in one is logged.
+# =============================================================================
+
+
+class Progress(tuple):
+    """How far a call has come: ``(current, total, message)``, each possibly None."""
+
+    __slots__ = ()
+
+    def __new__(cls, current=None, total=None, message=None):
+        return tuple.__new__(cls, (current, total, message))
+
+    current = property(lambda self: self[0])
+    total = property(lambda self: self[1])
+    message = property(lambda self: self[2])
+
+    def __repr__(self):
+        return "Progress(current=%r, total=%r, message=%r)" % tuple(self)
+
+    def __reduce__(self):
+        return (Progress, tuple(self))
+
+
+# --- inside a call -------------------------------------------------------------
+
+_IN_PROCESS = None          # a _thread._local: the _CallScope of the main_environment call a thread runs
+
+
+class _CallScope(object):
+    """A running call seen from inside: its progress reports, coalesced to at
+    most one every _PROGRESS_INTERVAL (the latest wins, and the last one is
+    always sent), and, for calls in this process, whether it was cancelled."""
+
+    __slots__ = ("call_id", "sink", "latest", "sent", "next_at", "armed", "done", "cancelled", "lock", "clock")
+
+    def __init__(self, call_id, sink):
+        import time
+        self.call_id = call_id
+        self.sink = sink                    # sink(call_id, (current, total, message))
+        self.latest = self.sent = None
+        self.next_at = 0.0
+        self.armed = self.done = self.cancelled = False
+        self.lock = _thread_lock()
+        self.clock = time.monotonic
+
+    def flush(self):
+        """Send the latest report, unless sent already; False if its turn has not come yet."""
+        with self.lock:
+            values = self.latest
+            if values is self.sent or self.done:
+                return True
+            now = self.clock()
+            if now < self.next_at:
+                return False
+            self.sent = values
+            self.next_at = now + _PROGRESS_INTERVAL
+            self.sink(self.call_id, values)
+            return True
+
+    def finish(self):
+        """The call is over: send what is left, then nothing more."""
+        with self.lock:
+            if self.latest is not self.sent and not self.done:
+                self.sent = self.latest
+                self.sink(self.call_id, self.latest)
+            self.done = True
+
+
+def _current_scope():
+    local = _IN_PROCESS
+    if local is not None:
+        scope = getattr(local, "scope", None)
+        if scope is not None:
+            return scope
+    call_id = _WorkerState.current
+    if call_id is None:
+        return None
+    scope = _WorkerState.reporter
+    if scope is None or scope.call_id != call_id:
+        scope = _WorkerState.reporter = _CallScope(call_id, _send_progress)
+    return scope
+
+
+def report_progress(current=None, total=None, message=None):
+    """Tell the host how far the running call has come.
+
+    Use it inside a function that an environment runs (``import wetlite``
+    there gives the running worker's module).  It is cheap: reports are
+    coalesced to at most one every 50 ms, and the last one always reaches
+    the host, where it sets ``task.progress`` and calls the progress
+    callbacks.  Outside a call it does nothing.
+    """
+    scope = _WorkerState.reporter           # the worker's running call (reset when it ends): the fast path
+    if scope is None or _IN_PROCESS is not None:
+        scope = _current_scope()
+        if scope is None:
+            return
+    scope.latest = (current, total, message)
+    if (scope.clock() < scope.next_at or not scope.flush()) and not scope.armed:
+        scope.armed = True
+        _flush_later(scope)
+
+
+def cancel_requested():
+    """True once the host asked the running call to stop (Task.cancel()).
+
+    A call that checks it now and then can stop cleanly; one that does not
+    is interrupted after the cancel grace period.  False outside a call.
+    """
+    local = _IN_PROCESS
+    if local is not None:
+        scope = getattr(local, "scope", None)
+        if scope is not None:
+            return scope.cancelled
+    call_id = _WorkerState.current
+    return call_id is not None and call_id in _WorkerState.cancelled
+
+
+def _send_progress(call_id, values):
+    """The worker's progress sink: a message to the host."""
+    pickle = _lean("_pickle", "pickle")
+    try:
+        data = pickle.dumps(("progress", call_id) + values, _WorkerState.protocol)
+    except Exception:                   # odd values: numbers or nothing, and the message as text
+        current, total, message = values
+        numbers = [v if type(v) in (int, float) else None for v in (current, total)]
+        data = pickle.dumps(("progress", call_id, numbers[0], numbers[1],
+                             None if message is None else str(message)), _WorkerState.protocol)
+    try:
+        _WorkerState.send(data)
+    except (OSError, EOFError):
+        pass                            # the host is gone; the worker is on its way out
+
+
+_FLUSHER = []               # [wake lock, armed scopes] once the flusher thread runs
+
+
+def _flush_later(scope):
+    """Have the flusher thread send ``scope``'s latest report once its interval has passed."""
+    import _thread
+    with _FLUSHER_LOCK:
+        if not _FLUSHER:
+            wake = _thread.allocate_lock()
+            wake.acquire()
+            _FLUSHER.extend([wake, []])
+            _thread.start_new_thread(_run_flusher, tuple(_FLUSHER))
+        wake, armed = _FLUSHER
+        armed.append(scope)
+        if wake.locked():
+            wake.release()
+
+
+def _run_flusher(wake, armed):
+    import time
+    while True:
+        wake.acquire()
+        while armed:
+            scope = armed[0]
+            delay = scope.next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            del armed[0]
+            scope.armed = False
+            if not scope.flush() and not scope.armed:      # another thread sent one just now
+                scope.armed = True
+                armed.append(scope)
+
+
+_FLUSHER_LOCK = _thread_lock()
+
+
+# --- the callback thread -------------------------------------------------------------
+
+_CALLBACKS = []             # [queue, thread] once the callback thread runs
+
+
+def _callback_soon(function, *args):
+    """Run ``function(*args)`` on wetlite's callback thread, after what is queued."""
+    if not _CALLBACKS:
+        with _FLUSHER_LOCK:
+            if not _CALLBACKS:
+                import queue
+                import threading
+                jobs = queue.SimpleQueue()
+                thread = threading.Thread(target=_run_callbacks, args=(jobs,), name="wetlite-callbacks")
+                thread.daemon = True
+                thread.start()
+                _CALLBACKS.extend([jobs, thread])
+    _CALLBACKS[0].put((function, args))
+
+
+def _run_callbacks(jobs):
+    while True:
+        function, args = jobs.get()
+        try:
+            function(*args)
+        except BaseException:
+            _log().exception("a task callback (%r) failed", function)
+
+
+def _callbacks_drained():
+    """Wait until the callbacks queued so far have run (unless this is the callback thread)."""
+    if _CALLBACKS:
+        import threading
+        if threading.current_thread() is _CALLBACKS[1]:
+            return
+        done = threading.Event()
+        _callback_soon(done.set)
+        done.wait()
+
+
+def _check_callback(function, what):
+    if function is not None and not callable(function):
+        raise SpecError("%s must be a function, not %r" % (what, function))
+
+
+# --- Task ----------------------------------------------------------------------------
+
+
+def __getattr__(name):
+    # Module attributes made on first use (PEP 562, 3.7+).  Task subclasses
+    # concurrent.futures.Future, whose import costs ~6 ms (it loads logging).
+    if name == "Task":
+        return _task_class()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+_OUTPUT_TASKS = None        # weakref.WeakValueDictionary: call id -> Task with output callbacks
+
+
+def _task_class():
+    cls = globals().get("Task")
+    if cls is not None:
+        return cls
+    import concurrent.futures
+    Future = concurrent.futures.Future
+
+    class Task(Future):
+        """One call in an environment, from ``env.submit()`` (or ``map``).
+
+        A concurrent.futures.Future: ``wait``, ``as_completed`` and
+        ``asyncio.wrap_future`` take it, and ``await task`` works.  Also:
+
+        - ``progress``: the latest Progress(current, total, message) the call
+          reported with ``wetlite.report_progress``, or None;
+        - ``add_progress_callback(fn)``: ``fn(task, progress)`` for each report;
+        - ``add_output_callback(fn)``: ``fn(task, line)`` for each line the call prints;
+        - ``cancel()``: stop the call (see there);
+        - ``id``: the call's id (``record.task_id`` of its output's log records),
+          ``env_name``: its environment.
+
+        Callbacks run on one wetlite thread, in order, never two at once; an
+        exception in one is logged.  They may run shortly after the result is set.
+        """
+
+        def __init__(self, env_name, what, cancel_grace=None):
+            Future.__init__(self)
+            self.id = None
+            self.env_name = env_name
+            self.progress = None
+            self._what = what
+            self._cancel_grace = cancel_grace       # None: the environment's
+            self._runner = None                     # what runs it: cancel_call(id, grace), is_running(id)
+            self._progress_callbacks = []
+            self._output_callbacks = []
+            self._task_lock = _thread_lock()
+            self._cancel_asked = False
+            self._settling = False
+            self._ended = False
+
+        def __repr__(self):
+            if self.cancelled():
+                state = "cancelled"
+            elif self.done():
+                state = "failed" if self.exception(0) is not None else "finished"
+            elif self._cancel_asked:
+                state = "cancelling"
+            else:
+                state = "running" if self.running() else "pending"
+            what = self._what
+            if isinstance(what, tuple):
+                what = "%s:%s" % what
+            return "<Task %s %s in environment %r: %s>" % (self.id, what, self.env_name, state)
+
+        def __await__(self):
+            import asyncio
+            return asyncio.wrap_future(self).__await__()
+
+        def running(self):
+            runner = self._runner
+            return not self.done() and runner is not None and runner.is_running(self.id)
+
+        def cancel(self):
+            """Stop this call; True unless it already finished.
+
+            A queued call never starts.  A running call first sees
+            ``wetlite.cancel_requested()`` become true; after the cancel grace
+            (``cancel_grace=`` of the call, else ``env.cancel_grace``, 2 s by
+            default) it is interrupted as a timeout would be, and if it still
+            runs its worker is killed (a new one starts on the next call).
+            Either way the task ends cancelled: ``result()`` then raises
+            CancelledError.  Unlike a plain Future, ``result()`` waits until
+            the call has stopped.
+            """
+            with self._task_lock:
+                if self._settling or self.done():
+                    return self.cancelled()
+                if self._cancel_asked:
+                    return True
+                self._cancel_asked = True
+            runner = self._runner
+            if runner is None or not runner.cancel_call(self.id, self._cancel_grace):
+                self._end_cancelled()           # it was not running: it never will
+            return True
+
+        def set_result(self, result):
+            if self._may_settle():
+                Future.set_result(self, result)
+
+        def set_exception(self, exception):
+            if self._may_settle():
+                Future.set_exception(self, exception)
+
+        def _may_settle(self):
+            """May the outcome be set?  Not if cancel() came first: the task ends cancelled instead."""
+            with self._task_lock:
+                if self._settling or self.done():
+                    return False
+                if not self._cancel_asked:
+                    self._settling = True
+                    return True
+            self._end_cancelled()
+            return False
+
+        def _end_cancelled(self):
+            with self._task_lock:
+                if self._ended:
+                    return
+                self._ended = True
+            Future.cancel(self)                     # never RUNNING, so this works
+            self.set_running_or_notify_cancel()     # and this wakes wait() and as_completed()
+
+        def add_progress_callback(self, fn):
+            """Call ``fn(task, progress)`` for each progress report (at once for the latest, if any)."""
+            _check_callback(fn, "the progress callback")
+            with self._task_lock:
+                self._progress_callbacks.append(fn)
+                if self.progress is not None:
+                    _callback_soon(fn, self, self.progress)
+
+        def add_output_callback(self, fn):
+            """Call ``fn(task, line)`` for each line this call prints (stdout and stderr).
+
+            In main_environment calls print to the host's own streams, and
+            this is never called.
+            """
+            _check_callback(fn, "the output callback")
+            with self._task_lock:
+                self._output_callbacks.append(fn)
+            if self.id is not None:
+                _watch_output(self)
+
+        def _bind(self, call_id, runner):
+            self.id = call_id
+            self._runner = runner
+            if self._output_callbacks:
+                _watch_output(self)
+
+        def _on_progress(self, values):
+            with self._task_lock:
+                self.progress = progress = Progress(*values)
+                for fn in self._progress_callbacks:
+                    _callback_soon(fn, self, progress)
+
+        def _on_output(self, line):
+            with self._task_lock:
+                for fn in self._output_callbacks:
+                    _callback_soon(fn, self, line)
+
+    globals()["Task"] = Task
+    return Task
+
+
+def _watch_output(task):
+    global _OUTPUT_TASKS
+    if _OUTPUT_TASKS is None:
+        import weakref
+        _OUTPUT_TASKS = weakref.WeakValueDictionary()
+    _OUTPUT_TASKS[task.id] = task
+
+
+def _new_task(env, what, cancel_grace=None, progress=None):
+    task = _task_class()(env.name, what, cancel_grace)
+    if progress is not None:
+        task.add_progress_callback(progress)
+    return task
+
+
+# --- calls in this process (main_environment) ----------------------------------------
+
+
+class _InProcess(object):
+    """Runs main_environment's submitted calls on a thread pool, as Tasks.
+
+    Cancel is cooperative only: after the grace period the task ends
+    cancelled, and the call, which a thread cannot be made to stop, goes on
+    in the background.  A timeout does the same.
+    """
+
+    def __init__(self, env, workers):
+        import concurrent.futures
+        self.env = env
+        self.threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="wetlite-main")
+        self.running = {}               # call id -> (_CallScope, Task) of the calls running now
+        self.size = workers
+
+    def submit(self, task, func, args, kwargs, timeout, wrap=None):
+        task._bind(next(_call_ids()), self)
+        if timeout is not None:
+            self._later(timeout, self._time_out, task, timeout)
+        self.threads.submit(self._run, task, func, args, kwargs, wrap)
+        return task
+
+    def _run(self, task, func, args, kwargs, wrap):
+        scope = _CallScope(task.id, _progress_sink(task))
+        self.running[task.id] = (scope, task)
+        try:
+            if task.done() or task._cancel_asked:
+                return                          # cancelled or timed out while queued
+            try:
+                result = _run_in_scope(scope, func, args, kwargs)
+                if wrap is not None:
+                    result = wrap(result, task.id)
+            except BaseException as exc:
+                task.set_exception(exc)
+            else:
+                task.set_result(result)
+        finally:
+            self.running.pop(task.id, None)
+
+    def cancel_call(self, call_id, grace):
+        entry = self.running.get(call_id)
+        if entry is None:
+            return False                        # queued: it will not start
+        entry[0].cancelled = True
+        self._later(self.env.cancel_grace if grace is None else grace, self._give_up, entry[1])
+        return True
+
+    def is_running(self, call_id):
+        return call_id in self.running
+
+    def _give_up(self, task):
+        if task.id in self.running:
+            _log().warning("environment %r: call %s did not stop within its cancel grace; it goes on in the "
+                           "background (a thread of this process cannot be stopped)", self.env.name, task.id)
+        task._end_cancelled()
+
+    def _time_out(self, task, timeout):
+        entry = self.running.get(task.id)
+        if entry is not None:
+            entry[0].cancelled = True
+        task.set_exception(CallTimeout("%s did not finish within %s s (in the host process it cannot be stopped; "
+                                       "it goes on in the background)" % ("%s:%s" % task._what, timeout)))
+
+    @staticmethod
+    def _later(delay, function, *args):
+        import threading
+        timer = threading.Timer(delay, function, args)
+        timer.daemon = True
+        timer.start()
+
+    def close(self):
+        self.threads.shutdown(wait=False)
+
+
+def _progress_sink(task):
+    return lambda call_id, values: task._on_progress(values)
+
+
+_IMPORTABLE = []            # [True] once `import wetlite` is known to work in calls in this process
+
+
+def _make_importable():
+    """main_environment: ``import wetlite`` in a call must give this module,
+    as in a worker.  A vendored copy (``pkg._vendor.wetlite``) is made
+    importable as ``wetlite`` too, unless another wetlite is installed."""
+    if not _IMPORTABLE:
+        if __name__ != "wetlite" and "wetlite" not in sys.modules:
+            import importlib.util
+            if importlib.util.find_spec("wetlite") is None:
+                sys.modules["wetlite"] = sys.modules[__name__]
+        _IMPORTABLE.append(True)
+
+
+def _run_in_scope(scope, func, args, kwargs):
+    """Call ``func`` in this thread as a call with ``scope``: report_progress() and cancel_requested() see it."""
+    global _IN_PROCESS
+    if _IN_PROCESS is None:
+        import _thread
+        _IN_PROCESS = _thread._local()
+        _make_importable()
+    local = _IN_PROCESS
+    outer = getattr(local, "scope", None)
+    local.scope = scope
+    try:
+        return func(*args, **(kwargs or {}))
+    finally:
+        local.scope = outer
+        scope.finish()
+
+
+# =============================================================================
+# 17. Remote objects
+#    Proxies of what lives in a worker: a module (import_module), functions
+#    and methods in it, and RemoteObject handles (ref=True).  A call through
+#    a proxy is one round trip; an attribute that is plain data comes back
+#    by value; repr, dir and __doc__ need no round trip (__doc__ of a
+#    function: one, the first time).  main_environment gives the same
+#    proxies over objects of this process.
+# =============================================================================
+
+_HANDLES_MADE = False       # True once a RemoteObject exists: calls then check where handles go
+_PICKLING_FOR = None        # a _thread._local: .worker is the _Worker whose call's arguments are being pickled
+
+
+class _InstanceDoc(object):
+    """``__doc__``: the class's docstring on the class, the remote one on an instance."""
+
+    def __init__(self, class_doc, read):
+        self.class_doc = class_doc
+        self.read = read
+
+    def __get__(self, obj, cls=None):
+        return self.class_doc if obj is None else self.read(obj)
+
+
+class _ProxyInfo(object):
+    """A "get" found a callable or a module: the caller makes a proxy of it."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, info):
+        self.info = info
+
 
 class _RemoteModule(object):
-    """A module in an environment: each attribute call is one round trip."""
+    __doc__ = _InstanceDoc(
+        """A module in an environment (from ``env.import_module``).
 
-    def __init__(self, env, module, names):
+        ``mod.f(x)`` is one round trip; ``mod.f.ref(x)`` returns a
+        RemoteObject and ``mod.f.submit(x)`` a Task.  Attributes that are
+        plain data (``__version__``, constants) are read by value, one round
+        trip each; other objects are proxies to call methods through.
+        """, lambda self: self._info.get("doc"))
+
+    def __init__(self, env, module, info):
         object.__setattr__(self, "_env", env)
         object.__setattr__(self, "_module", module)
-        object.__setattr__(self, "_names", names)
+        object.__setattr__(self, "_info", info)
+        object.__setattr__(self, "_data", frozenset(info.get("data", ())))
+        object.__setattr__(self, "__name__", info.get("name") or module)
 
     def __getattr__(self, name):
+        if name in self._data:
+            return self._env._get(self._module, name)      # may change: never cached
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        attribute = _RemoteAttribute(self._env, self._module, name)
-        object.__setattr__(self, name, attribute)       # the next lookup is a plain dict hit
+        attribute = _RemoteFunction(self._env, self._module, name)
+        object.__setattr__(self, name, attribute)           # the next lookup is a plain dict hit
         return attribute
 
     def __setattr__(self, name, value):
         raise AttributeError("remote modules are read-only")
 
     def __dir__(self):
-        return list(self._names)
+        return [n for n in self._info.get("names", ()) if not n.startswith("__")]
 
     def __repr__(self):
         return "<remote module %r in environment %r>" % (self._module, self._env.name)
 
 
-class _RemoteAttribute(object):
-    __slots__ = ("_env", "_module", "_path")
+class _RemoteFunction(object):
+    """A callable (or any object reached by a dotted path) in an environment."""
 
-    def __init__(self, env, module, path):
+    __slots__ = ("_env", "_target", "_path", "_doc", "_request")
+
+    def __init__(self, env, target, path):
         self._env = env
-        self._module = module
+        self._target = target               # a module, or a RemoteObject
         self._path = path
+        self._doc = False                   # not fetched yet
+        self._request = None                # a method's request and its name in errors, made once
+        if type(target) is RemoteObject and target._wl_worker is not None:
+            self._request = (("call", target._wl_id, path), (target._wl_label, path))
 
     def __call__(self, *args, **kwargs):
-        return self._env.execute(self._module, self._path, args, kwargs)
+        request = self._request
+        if request is not None:                 # a method: straight to its worker (the hot path)
+            target = self._target
+            worker = target._wl_worker
+            if worker.dead is None and not target._wl_released:
+                try:
+                    return worker.call(request[0], (args, kwargs), request[1], None)
+                except _NotSent:
+                    target._wl_check(self._env)     # says that the worker is gone
+                    raise
+        return self._env.execute(self._target, self._path, args, kwargs)
+
+    def ref(self, *args, **kwargs):
+        """Call it, and keep the result in the worker: a RemoteObject."""
+        return self._env.execute(self._target, self._path, args, kwargs, ref=True)
+
+    def submit(self, *args, **kwargs):
+        """Call it as a Task."""
+        return self._env.submit(self._target, self._path, args, kwargs)
 
     def __getattr__(self, name):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return _RemoteAttribute(self._env, self._module, self._path + "." + name)
+        return _RemoteFunction(self._env, self._target, self._path + "." + name)
+
+    def _read_doc(self):
+        if self._doc is False:
+            self._doc = self._env._describe(self._target, self._path).get("doc")
+        return self._doc
+
+    __doc__ = _InstanceDoc(None, _read_doc)
+    __name__ = property(lambda self: self._path.rpartition(".")[2])
 
     def __repr__(self):
-        return "<remote %s.%s in environment %r>" % (self._module, self._path, self._env.name)
+        return "<remote %s.%s in environment %r>" % (_target_name(self._target), self._path, self._env.name)
+
+
+def _target_name(target):
+    return target if isinstance(target, str) else target._wl_label
+
+
+class RemoteObject(object):
+    """An object that lives in a worker: what ``ref=True`` returns (from
+    ``execute``, ``submit``, or ``.ref(...)`` of a remote function or method).
+
+    - ``obj.method(...)`` calls a method there: one round trip, the result by
+      value (``obj.method.ref(...)`` returns another RemoteObject,
+      ``obj.method.submit(...)`` a Task); ``obj(...)`` and ``obj[key]`` too.
+    - ``obj.attr`` reads an attribute by value, one round trip (a callable
+      attribute gives a remote method); ``obj.attr = value`` sets it.
+    - Passed as an argument of a call to its own environment, it is the real
+      object there.
+    - ``obj.release()``, ``with obj: ...`` or garbage collection free it in
+      the worker.  ``dir()``, ``repr()`` and ``__doc__`` need no round trip.
+
+    It belongs to the worker that made it: once that worker has stopped
+    (exit, crash, kill after a timeout), using it raises ExecutorError.  It
+    cannot be pickled, nor sent to another environment.
+    """
+
+    # Remote methods, once used, are kept in __dict__: the next lookup is a plain dict hit.
+    __slots__ = ("_wl_env", "_wl_worker", "_wl_id", "_wl_info", "_wl_object", "_wl_released", "_wl_label",
+                 "__dict__", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("RemoteObjects are made by wetlite: pass ref=True to execute() or submit()")
+
+    @classmethod
+    def _wl_make(cls, env, worker, handle_id, info, local=None):
+        global _HANDLES_MADE
+        _HANDLES_MADE = True
+        self = object.__new__(cls)
+        for name, value in (("_wl_env", env), ("_wl_worker", worker), ("_wl_id", handle_id), ("_wl_info", info),
+                            ("_wl_object", local), ("_wl_released", False),
+                            ("_wl_label", "<%s #%d>" % (info["type"], handle_id))):
+            object.__setattr__(self, name, value)
+        return self
+
+    def _wl_check(self, env):
+        """The worker that holds this object (None in main_environment), or why it cannot be used."""
+        if env is not self._wl_env:
+            raise ExecutorError("%r belongs to environment %r; it cannot be used in environment %r"
+                                % (self, self._wl_env.name, env.name))
+        if self._wl_released:
+            raise ExecutorError("%r was released; make the object again" % (self,))
+        worker = self._wl_worker
+        if worker is not None and (worker.dead is not None or worker._closed):
+            raise ExecutorError(
+                "%r is gone: the worker of environment %r that held it (pid %s) has stopped (%s), and the worker "
+                "that runs calls now does not have it; make the object again"
+                % (self, self._wl_env.name, worker.proc.pid if worker.proc else "?",
+                   worker.dead or "it was stopped by exit()"))
+        return worker
+
+    def __getattr__(self, name):
+        if name.startswith("_wl_") or name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        env = self._wl_env
+        if name in self._wl_info.get("methods", ()):
+            value = _ProxyInfo(None)
+        elif self._wl_worker is None:
+            self._wl_check(env)
+            value = getattr(self._wl_object, name)
+            if callable(value):
+                value = _ProxyInfo(None)
+        else:
+            value = env._get(self, name)
+        if type(value) is not _ProxyInfo:
+            return value
+        method = self.__dict__[name] = _RemoteFunction(env, self, name)
+        return method
+
+    def __setattr__(self, name, value):
+        if name.startswith("_wl_"):
+            raise AttributeError("%s is wetlite's own attribute of a RemoteObject" % name)
+        if self._wl_worker is None:
+            self._wl_check(self._wl_env)
+            setattr(self._wl_object, name, value)
+        else:
+            self._wl_env._set(self, name, value)
+        self.__dict__.pop(name, None)
+
+    def __call__(self, *args, **kwargs):
+        return self._wl_env.execute(self, "__call__", args, kwargs)
+
+    def __getitem__(self, key):
+        return self._wl_env.execute(self, "__getitem__", (key,))
+
+    def __bool__(self):
+        return True                 # (no round trip for `if obj:`)
+
+    def __dir__(self):
+        return list(self._wl_info.get("names", ())) + ["release"]
+
+    def _wl_doc(self):
+        return self._wl_info.get("doc")
+
+    __doc__ = _InstanceDoc(__doc__, _wl_doc)
+
+    def __repr__(self):
+        state = " (released)" if self._wl_released else ""
+        return "<RemoteObject #%d %s in environment %r%s: %s>" % (
+            self._wl_id, self._wl_info["type"], self._wl_env.name, state, self._wl_info["repr"])
+
+    def release(self):
+        """Free the object in the worker now.  Idempotent; also done on garbage collection and by ``with``."""
+        if self._wl_released:
+            return
+        object.__setattr__(self, "_wl_released", True)
+        object.__setattr__(self, "_wl_object", None)
+        if self._wl_worker is not None:
+            self._wl_worker.drop_handle(self._wl_id)
+
+    def __del__(self):
+        try:
+            if not self._wl_released and self._wl_worker is not None:
+                self._wl_worker.drop_handle(self._wl_id)
+        except Exception:
+            pass                    # interpreter shutdown
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __reduce_ex__(self, protocol):
+        worker = self._wl_worker
+        destination = getattr(_PICKLING_FOR, "worker", None) if _PICKLING_FOR is not None else None
+        if worker is not None and destination is not None:
+            if destination.env is self._wl_env:
+                self._wl_check(self._wl_env)
+            if destination is worker:
+                import operator
+                # In the worker this unpickles as wetlite._held_object(id): the object itself.
+                return operator.methodcaller("_held_object", self._wl_id), (_WetliteModule(),)
+        where = ("the worker (pid %s) of environment %r" % (worker.proc.pid, self._wl_env.name)
+                 if worker is not None else "this process (main_environment)")
+        if destination is None:
+            raise ExecutorError("%r cannot be pickled: it lives in %s.  Pass it as an argument of a call to its own "
+                                "environment, or read the values you need from it" % (self, where))
+        raise ExecutorError("%r lives in %s; it cannot be sent to %s.  Pass plain values instead (read them from "
+                            "the object), or make the object there" % (self, where, _worker_label(destination)))
+
+
+def _worker_label(worker):
+    return "the worker (pid %s) of environment %r" % (worker.proc.pid if worker.proc else "?", worker.name)
+
+
+class _WetliteModule(object):
+    """Pickles as "the wetlite module of the process that unpickles it"."""
+
+    def __reduce__(self):
+        return __import__, ("wetlite",)
+
+
+def _local_target(target, function):
+    """main_environment: the object ``function`` of ``target`` (a module, or a local RemoteObject)."""
+    if type(target) is RemoteObject:
+        target._wl_check(target._wl_env)
+        return _walk(target._wl_object, function, "the object")
+    return _resolve(target, function)
+
+
+def _local_arguments(args, kwargs):
+    """main_environment: RemoteObject arguments (top level, or in a top-level list,
+    tuple or dict) replaced by their objects, as a worker would see them."""
+    def real(value):
+        if type(value) is RemoteObject:
+            value._wl_check(value._wl_env)
+            return value._wl_object
+        if type(value) in (list, tuple):
+            return type(value)(real(v) for v in value) if any(type(v) is RemoteObject for v in value) else value
+        if type(value) is dict and any(type(v) is RemoteObject for v in value.values()):
+            return {k: real(v) for k, v in value.items()}
+        return value
+    return [real(a) for a in args], ({k: real(v) for k, v in kwargs.items()} if kwargs else kwargs)
+
 
 # =============================================================================
-# 16. Wetlands compatibility
+# 18. Wetlands compatibility
 #    A program written for Wetlands -- the seed's camelCase API (0.2-0.3) or
 #    the 1.x snake_case one -- runs on wetlite once its import line names
 #    wetlite.  This section only maps their names and arguments onto the API
@@ -8553,7 +9795,7 @@ _MainEnvironment.launch = _wrap(_MainEnvironment.launch, _launch_arguments)
 Environment.__getattr__ = _wetlands_getattr(_WETLANDS_ENVIRONMENT_NAMES)
 
 # =============================================================================
-# 17. Command-line interface
+# 19. Command-line interface
 #    A thin adapter: every command is one or two public API calls.
 #    Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.
 # =============================================================================
@@ -9179,7 +10421,7 @@ def main(argv=None):
 
 
 # =============================================================================
-# 18. Entry point
+# 20. Entry point
 # =============================================================================
 
 if __name__ == "__main__":

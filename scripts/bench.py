@@ -18,6 +18,16 @@ interpreter, because this machine is shared and noisy:
              proxy <= 1.1x execute.
   pipeline   calls/s with `submit` keeping many calls in flight, against
              sequential `execute`.
+  method     a method call on a RemoteObject (`ref=True`), in the call
+             rounds, against `execute`; goal <= 1.1x.
+  progress   a call that calls `wetlite.report_progress` 100,000 times,
+             against the same call without the reports (each item does
+             ~2 us of work, see BENCH_FUNCS); goal <= 1.2x.  Also the cost
+             of one report, from the difference.
+  cancel     `task.cancel()` to the task ending cancelled: a call that polls
+             `cancel_requested()` (cooperative), and one blocked in
+             `time.sleep` with cancel_grace=0 (interrupted; the default
+             grace adds 2 s).
   cold       launch to first result, against a bare `python -c "import
              wetlite"` of the same interpreter; goal <= 2x.
   large      a 64 MiB float64 array as the argument (its sum comes back) and
@@ -60,6 +70,45 @@ while True:
     except EOFError:
         break
 """
+
+
+BENCH_FUNCS = r"""
+import time
+import wetlite
+
+
+class Box(object):
+    def get(self, x):
+        return x
+
+
+def items(count, report):
+    total = 0
+    for i in range(count):
+        total += sum(range(100))                # ~2 us of work per item
+        if report:
+            wetlite.report_progress(i + 1, count, "items")
+    return total
+
+
+def spin():
+    wetlite.report_progress(0, 1, "started")
+    while not wetlite.cancel_requested():
+        pass
+    return "stopped"
+
+
+def block():
+    wetlite.report_progress(0, 1, "started")
+    time.sleep(60)
+"""
+
+
+def write_funcs(root):
+    path = os.path.join(root, "bench_funcs.py")
+    with open(path, "w") as f:
+        f.write(BENCH_FUNCS)
+    return path
 
 
 def pct(samples, q):
@@ -155,17 +204,19 @@ def timed(fn, n):
     return samples
 
 
-def bench_calls(env, rounds, per_round):
+def bench_calls(env, rounds, per_round, funcs):
     floor_proc, floor = start_floor(env.python)
     execnet_peer = start_execnet(env.python)
     rpyc_conn = start_rpyc()
     env.launch()
     proxy = env.import_module("builtins")
+    box = env.execute(funcs, "Box", ref=True)
     message = ("call", 1, "builtins", "abs", b"x" * 20)
     runners = {
         "floor": lambda: (floor.send(message), floor.recv()),
         "execute": lambda: env.execute("builtins", "abs", (-1,)),
         "proxy": lambda: proxy.abs(-1),
+        "method": lambda: box.get(-1),
     }
     if execnet_peer is not None:
         channel = execnet_peer[1]
@@ -191,6 +242,8 @@ def bench_calls(env, rounds, per_round):
     for name in result:
         result[name]["x_floor"] = result[name]["median_us"] / base
     result["proxy"]["x_execute"] = result["proxy"]["median_us"] / result["execute"]["median_us"]
+    result["method"]["x_execute"] = result["method"]["median_us"] / result["execute"]["median_us"]
+    box.release()
     return result
 
 
@@ -222,6 +275,48 @@ def bench_against(path, python, rounds, per_round):
     ratios.sort()
     return {"baseline": os.path.abspath(path), "rounds": rounds, "median_ratio": statistics.median(ratios),
             "q1_ratio": ratios[len(ratios) // 4], "q3_ratio": ratios[3 * len(ratios) // 4]}
+
+
+def bench_progress(env, funcs, runs, count=100000):
+    """The same call with and without 100,000 progress reports, alternating."""
+    env.execute(funcs, "items", (1000, True))
+    plain, reporting, received = [], [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        env.execute(funcs, "items", (count, False))
+        plain.append(time.perf_counter() - start)
+        seen = []
+        start = time.perf_counter()
+        env.execute(funcs, "items", (count, True), progress=lambda task, progress: seen.append(progress))
+        reporting.append(time.perf_counter() - start)
+        received.append(len(seen))
+    result = {"plain_ms": statistics.median(plain) * 1000, "reporting_ms": statistics.median(reporting) * 1000,
+              "reports_received_median": statistics.median(received), "reports_sent": count, "runs": runs}
+    result["x_plain"] = result["reporting_ms"] / result["plain_ms"]
+    result["ns_per_report"] = (result["reporting_ms"] - result["plain_ms"]) * 1e6 / count
+    return result
+
+
+def bench_cancel(env, funcs, runs):
+    """cancel() to cancelled, for a cooperative call and for one that must be interrupted."""
+    import concurrent.futures
+    out = {}
+    for label, function, grace in (("cooperative", "spin", 60.0), ("interrupted", "block", 0.0)):
+        samples = []
+        for _ in range(runs):
+            task = env.submit(funcs, function, cancel_grace=grace)
+            while task.progress is None:            # started (its first report arrived)
+                time.sleep(0.001)
+            start = time.perf_counter()
+            task.cancel()
+            try:
+                task.result(timeout=30)
+            except concurrent.futures.CancelledError:
+                pass
+            samples.append(time.perf_counter() - start)
+        out[label + "_ms"] = statistics.median(samples) * 1000
+    out["runs"] = runs
+    return out
 
 
 def bench_pipeline(env, calls):
@@ -317,7 +412,7 @@ def bench_large(mgr, runs, env_numpy=None):
     return result
 
 
-PARTS = ("import", "reuse", "call", "pipeline", "cold", "large")
+PARTS = ("import", "reuse", "call", "pipeline", "progress", "cancel", "cold", "large")
 
 
 def main():
@@ -347,12 +442,17 @@ def main():
         if "reuse" in only:
             results["reuse"] = bench_reuse(root, 50 * scale)
         mgr = wetlite.EnvironmentManager(root=root, tool="venv")
-        if only & {"call", "pipeline", "cold"}:
+        if only & {"call", "pipeline", "progress", "cancel", "cold"}:
             env = mgr.create("bench", force_external=True)
+            funcs = write_funcs(root)
             if "call" in only:
-                results["call"] = bench_calls(env, rounds=5 * scale, per_round=500)
+                results["call"] = bench_calls(env, rounds=5 * scale, per_round=500, funcs=funcs)
             if "pipeline" in only:
                 results["pipeline"] = bench_pipeline(env, 2000 * scale)
+            if "progress" in only:
+                results["progress"] = bench_progress(env, funcs, 3 * scale)
+            if "cancel" in only:
+                results["cancel"] = bench_cancel(env, funcs, 5 * scale)
             if "cold" in only:
                 results["cold"] = bench_cold(env, 5 * scale)
         if "large" in only:
@@ -372,13 +472,23 @@ def main():
             rows.append(("create() reuse, same manager", "%.2f ms" % results["reuse"]["same_manager_median_ms"], ""))
         call = results.get("call")
         if call:
-            for name in ("floor", "execute", "proxy", "execnet", "rpyc"):
+            for name in ("floor", "execute", "proxy", "method", "execnet", "rpyc"):
                 if name in call:
                     rows.append(("round trip: %s (median / p99)" % name,
                                  "%.1f / %.1f us" % (call[name]["median_us"], call[name]["p99_us"]),
                                  "%.2fx floor" % call[name]["x_floor"]))
             rows.append(("proxy / execute", "%.2fx" % call["proxy"]["x_execute"], "goal <= 1.1x"))
             rows.append(("execute / floor", "%.2fx" % call["execute"]["x_floor"], "goal <= 1.3x"))
+            rows.append(("RemoteObject method / execute", "%.2fx" % call["method"]["x_execute"], "goal <= 1.1x"))
+        if "progress" in results:
+            pr = results["progress"]
+            rows.append(("100,000 progress reports", "%.1f / %.1f ms" % (pr["reporting_ms"], pr["plain_ms"]),
+                         "%.2fx without, %.0f ns a report (%d received); goal <= 1.2x"
+                         % (pr["x_plain"], pr["ns_per_report"], pr["reports_received_median"])))
+        if "cancel" in results:
+            ca = results["cancel"]
+            rows.append(("cancel() to cancelled: cooperative", "%.2f ms" % ca["cooperative_ms"], ""))
+            rows.append(("cancel() to cancelled: interrupted", "%.2f ms" % ca["interrupted_ms"], "cancel_grace=0"))
         if "pipeline" in results:
             p = results["pipeline"]
             rows.append(("submit pipelining", "%.0f calls/s" % p["submit_calls_per_s"],

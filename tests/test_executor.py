@@ -850,9 +850,14 @@ def test_manual_serve_speaks_the_documented_protocol(host_env, mgr, tmp_path):
         conn.send_bytes(pickle.dumps(("hello", 2), 2))
         conn.send_bytes(pickle.dumps(("call", 1, "operator", "add", pickle.dumps(((2, 3), {}), 2)), 2))
         assert pickle.loads(conn.recv_bytes()) == ("ok", 1, pickle.dumps(5, 2))
-        conn.send_bytes(pickle.dumps(("dir", 2, "json"), 2))
-        kind, call_id, names = pickle.loads(conn.recv_bytes())
-        assert (kind, call_id) == ("ok", 2) and "dumps" in pickle.loads(names)
+        conn.send_bytes(pickle.dumps(("describe", 2, "json", None), 2))
+        kind, call_id, info = pickle.loads(conn.recv_bytes())
+        assert (kind, call_id) == ("ok", 2)
+        info = pickle.loads(info)
+        assert "dumps" in info["names"] and "dumps" in info["methods"] and "__version__" in info["data"]
+        conn.send_bytes(pickle.dumps(("get", 5, "json", "__version__"), 2))
+        kind, call_id, version = pickle.loads(conn.recv_bytes())
+        assert (kind, call_id) == ("ok", 5) and pickle.loads(version) == json.__version__
         conn.send_bytes(pickle.dumps(("call", 3, "wetlite_nope_mod", "f", pickle.dumps(((), {}), 2)), 2))
         kind, call_id, info = pickle.loads(conn.recv_bytes())
         assert (kind, call_id) == ("err", 3)

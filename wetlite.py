@@ -4281,6 +4281,7 @@ class Environment(object):
         self._building = False                  # its own build may run commands (post_install) in it
         self._launching = _thread_lock()
         self._cancel_grace = _CANCEL_GRACE
+        self._pool = None                   # a _Pool once launch(workers=N > 1); _worker is then None
 
     def __repr__(self):
         return "<%s %r (%s) at %r>" % (type(self).__name__, self.name, self.tool, self.path)
@@ -4458,47 +4459,77 @@ class Environment(object):
 
     # -- executor (sections 13-15) -------------------------------------------
 
-    def launch(self, timeout=60, output=None):
+    def launch(self, timeout=60, output=None, workers=None):
         """Start this environment's worker unless it already runs; return self.
 
         :param timeout: seconds the worker has to start and say hello; if it
             dies or stays silent, WorkerDied tells its exit code and stderr.
         :param output: ``output(line)`` receives each line the worker prints
             (default: the ``wetlite`` logger, INFO, tagged with the name).
+        :param workers: how many workers to run (default: as many as now, at
+            first 1; "auto": one per CPU).  Calls go to the least-loaded one,
+            a RemoteObject's calls to its own; see map().
 
         Calls start the worker on demand too, and restart it after a crash.
         """
         timeout = _check_timeout(timeout, "launch timeout", none_ok=False)
+        size = None if workers is None else _check_workers(workers)
         with self._launching:               # two threads after a crash start one worker
-            worker = self._worker
+            worker, pool = self._worker, self._pool
             if output is not None:
                 self._worker_output = output
-                if worker is not None:
-                    worker.output = output
-            if worker is None or worker.dead is not None or worker._closed:
-                # The slow path only: a running worker's calls pay for none of these checks.
-                self.manager._check_open(self.name)
-                self._check_present()
-                try:
-                    self._runtime_hold = _hold_runtime(self.manager.root)
-                    self._worker = _Worker(self, timeout, self._worker_output)
-                except OSError as exc:
-                    raise _storage_error(exc, "starting the worker of environment %r" % self.name)
+                for w in (pool.live() if pool is not None else [worker] if worker is not None else []):
+                    w.output = output
+            if size is not None and size != 1 or pool is not None:
+                if pool is None:
+                    pool = self._pool = _Pool(self, [worker])
+                    self._worker = None
+                pool.resize(len(pool.slots) if size is None else size, timeout, self._worker_output)
+                if size == 1:               # back to one: the fast path again
+                    self._worker, self._pool = pool.slots[0], None
+            elif worker is None or worker.dead is not None or worker._closed:
+                self._worker = self._new_worker(timeout, self._worker_output)
         return self
 
-    def _running_worker(self):
+    def _new_worker(self, timeout, output):
+        """Start a worker: the slow path only, so a running worker's calls pay for none of these checks."""
+        self.manager._check_open(self.name)
+        self._check_present()
+        try:
+            self._runtime_hold = _hold_runtime(self.manager.root)
+            return _Worker(self, timeout, output)
+        except OSError as exc:
+            raise _storage_error(exc, "starting the worker of environment %r" % self.name)
+
+    @property
+    def workers(self):
+        """The process ids of the live workers, in order (empty when none runs)."""
+        pool, worker = self._pool, self._worker
+        return [w.proc.pid for w in (pool.live() if pool is not None else [worker] if _alive(worker) else [])]
+
+    def _running_worker(self, payload_args=None):
+        """The worker for a call: the one holding its RemoteObject arguments, else the least-loaded one."""
+        pinned = _pinned_worker(self, payload_args) if _HANDLES_MADE else None
+        if pinned is not None:
+            return pinned
+        pool = self._pool
+        if pool is not None:
+            return pool.pick()
         worker = self._worker
         if worker is None or worker.dead is not None or worker._closed:     # not started, crashed or stopped
             self.launch()
             worker = self._worker
+            if worker is None:              # launched as a pool meanwhile
+                return self._running_worker()
         return worker
 
-    def _call(self, message, payload_args, what, timeout, future=None, task=None):
+    def _call(self, message, payload_args, what, timeout, future=None, task=None, wait=True):
         try:
-            return self._running_worker().call(message, payload_args, what, timeout, future, task)
+            return self._running_worker(payload_args).call(message, payload_args, what, timeout, future, task, wait)
         except _NotSent:
             # It died while idle (nothing was running): start a new one.
-            return self._running_worker().call(message, payload_args, what, timeout, future, task)
+            return self._running_worker(payload_args).call(message, payload_args, what, timeout, future, task,
+                                                           wait)
 
     @property
     def cancel_grace(self):
@@ -4574,14 +4605,65 @@ class Environment(object):
                          progress)
         return self._send("ref" if ref else "call", target, function, (args, kwargs), timeout, task, task)
 
-    def _send(self, op, target, function, payload_args, timeout=None, future=None, task=None):
+    def _submit_task(self, task, target, function, args, kwargs, timeout):
+        return self._send("call", target, function, (args, kwargs), timeout, task, task)
+
+    def map(self, module, function, *iterables, timeout=None, ordered=True, progress=None, cancel_grace=None):
+        """Call ``module.function`` once per item of ``iterables`` (zipped, as
+        the builtin map does) on this environment's workers; yield the results.
+
+        Lazy: at most two calls per worker are in flight, and more are
+        submitted as results are taken, so a long input never sits in memory
+        at once.  Results come in input order (``ordered=False``: as they
+        finish).  The first error is raised in its place and the calls still
+        pending are cancelled; closing the iterator early cancels them too.
+        ``timeout``, ``progress`` and ``cancel_grace`` apply to each call, as
+        in submit().
+        """
+        return self._map(module, function, _zipped(module, function, iterables), timeout, ordered, progress,
+                         cancel_grace)
+
+    def map_async(self, module, function, *iterables, timeout=None, ordered=True, progress=None,
+                  cancel_grace=None):
+        """map() for asyncio: ``async for result in env.map_async(...)``."""
+        return _map_results_async(self._map_run(module, function, _zipped(module, function, iterables), timeout,
+                                                ordered, progress, cancel_grace))
+
+    async def execute_async(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None,
+                            ref=False, cancel_grace=None):
+        """execute() for asyncio: ``await env.execute_async(...)``.  Cancelling the awaiting
+        coroutine cancels the call (see Task.cancel)."""
+        return await self.submit(module, function, args, kwargs, timeout, progress=progress, ref=ref,
+                                 cancel_grace=cancel_grace)
+
+    def _map(self, module, function, calls, timeout, ordered, progress, cancel_grace):
+        """The results of ``calls`` ((args, kwargs) pairs): see map()."""
+        if self._map_width() == 1 and progress is None and type(self) is not _MainEnvironment:
+            target = _module_target(module)
+            _check_call_arguments(function, (), None)
+            grace = _check_timeout(cancel_grace, "cancel_grace")
+            return _map_one_worker(self, target, function, calls, _check_timeout(timeout),
+                                   self.cancel_grace if grace is None else grace)
+        return _map_results(self._map_run(module, function, calls, timeout, ordered, progress, cancel_grace))
+
+    def _map_run(self, module, function, calls, timeout, ordered, progress, cancel_grace):
+        """A _MapRun of ``calls`` ((args, kwargs) pairs), one Task each."""
+        target = _module_target(module)
+        _check_call_arguments(function, (), None)
+        return _map_run(self, target, function, calls, _check_timeout(timeout), ordered, progress,
+                        cancel_grace, self._map_width())
+
+    def _map_width(self):
+        return len(self._pool.slots) if self._pool is not None else 1
+
+    def _send(self, op, target, function, payload_args, timeout=None, future=None, task=None, wait=True):
         """One request about ``function`` of ``target``: a module, or a RemoteObject (then to its own worker)."""
         if type(target) is not RemoteObject:
-            return self._call((op, target, function), payload_args, (target, function), timeout, future, task)
+            return self._call((op, target, function), payload_args, (target, function), timeout, future, task, wait)
         worker = target._wl_check(self)
         message = (op, target._wl_id, function)
         try:
-            return worker.call(message, payload_args, (target._wl_label, function), timeout, future, task)
+            return worker.call(message, payload_args, (target._wl_label, function), timeout, future, task, wait)
         except _NotSent:
             target._wl_check(self)              # says the worker is gone
             raise
@@ -4612,11 +4694,14 @@ class Environment(object):
                           "script %s in environment %r" % (path, self.name), timeout)
 
     def exit(self):
-        """Stop this environment's worker, if one runs.  Idempotent."""
+        """Stop this environment's workers, if any run.  Idempotent.  The next
+        call starts them again (as many as launch(workers=N) asked for)."""
         worker, self._worker = self._worker, None
         self._runtime_hold = None
         if worker is not None:
             worker.close()
+        if self._pool is not None:
+            self._pool.close()
 
     def _worker_argv(self):
         # A boot script in the private runtime dir, run by path: sys.path[0]
@@ -4785,11 +4870,38 @@ class _MainEnvironment(Environment):
 
     def __init__(self, manager):
         Environment.__init__(self, manager, "main", sys.prefix, "main", python=sys.executable)
-        self._threads = None
+        self._threads = None                # an _InProcess once a call is submitted
+        self._size = 1
 
-    def launch(self, timeout=60, output=None):
+    def launch(self, timeout=60, output=None, workers=None):
+        """``workers=N`` runs submitted calls on N threads of this process: no
+        isolation, and no parallelism for pure-Python code (one GIL)."""
         self.manager._check_open(self.name)
+        if workers is not None:
+            size = _check_workers(workers)
+            with self._launching:
+                self._size = size
+                threads = self._threads
+                if threads is not None and threads.size != size:
+                    self._threads = None
+                    threads.close()
         return self
+
+    @property
+    def workers(self):
+        return [os.getpid()]
+
+    def _in_process(self):
+        threads = self._threads
+        if threads is None:
+            with self._launching:
+                if self._threads is None:
+                    self._threads = _InProcess(self, self._size)    # one thread: in order, like a worker
+                threads = self._threads
+        return threads
+
+    def _map_width(self):
+        return self._size
 
     def execute(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False):
         if self.manager._closed:
@@ -4827,14 +4939,13 @@ class _MainEnvironment(Environment):
         _check_callback(progress, "progress")
         task = _new_task(self, (_target_name(target), function), _check_timeout(cancel_grace, "cancel_grace"),
                          progress)
+        return self._submit_task(task, target, function, args, kwargs, timeout, wrap=self._local_ref if ref else None)
+
+    def _submit_task(self, task, target, function, args, kwargs, timeout, wrap=None):
         if _HANDLES_MADE:
             args, kwargs = _local_arguments(args, kwargs)
-        if self._threads is None:
-            with self._launching:
-                if self._threads is None:
-                    self._threads = _InProcess(self, 1)         # in order, like a worker
-        return self._threads.submit(task, lambda *a, **k: _local_target(target, function)(*a, **k), args, kwargs,
-                                    timeout, self._local_ref if ref else None)
+        return self._in_process().submit(task, lambda *a, **k: _local_target(target, function)(*a, **k), args,
+                                         kwargs, timeout, wrap)
 
     def _local_ref(self, result, call_id):
         return RemoteObject._wl_make(self, None, call_id, _describe(result, True), result)
@@ -7768,7 +7879,8 @@ def _call_ids():
 
 
 class _Waiter(object):
-    __slots__ = ("id", "what", "future", "task", "reply", "done", "deadline", "timed_out", "kill_at", "segments")
+    __slots__ = ("id", "what", "future", "task", "reply", "done", "deadline", "timed_out", "kill_at", "segments",
+                 "worker")
 
     def __init__(self, call_id, what, future, deadline, task=None):
         self.id = call_id
@@ -7965,13 +8077,14 @@ class _Worker(object):
 
     # -- calls --------------------------------------------------------------
 
-    def call(self, message, payload_args, what, timeout, future=None, task=None, pump=True):
+    def call(self, message, payload_args, what, timeout, future=None, task=None, wait=True):
         """Send one request; wait for its reply (or return ``future``).
 
         ``what`` names the call in errors: a string, or a (module, function)
         pair formatted only when needed.  ``task`` (``future``, or a Task made
         for a synchronous call's progress callback) gets the call's progress.
-        With ``pump`` false, no thread reads for ``future`` until wait_for().
+        With ``wait`` false, return the request's _Waiter at once: finish()
+        reads its reply later on the caller's thread (map on one worker).
         """
         import pickle
         segments = ()
@@ -8009,13 +8122,14 @@ class _Worker(object):
             with self._lock:
                 if self.dead is not None:
                     raise _NotSent("the worker of environment %r is gone" % self.name)
-                fast = timeout is None and future is None and not self._reading and not self._waiters
+                fast = timeout is None and future is None and wait and not self._reading and not self._waiters
                 if fast:
                     # Nothing else in flight: this thread reads its own reply,
                     # with no waiter and no hand-off.
                     self._reading = True
                 else:
                     waiter = _Waiter(call_id, what, future, timeout, task)
+                    waiter.worker = self
                     waiter.segments = segments
                     self._waiters[call_id] = waiter
                     if timeout is not None:
@@ -8045,9 +8159,10 @@ class _Worker(object):
             raise _NotSent("the worker of environment %r is gone" % self.name)
         if fast:
             return self._fast_reply(call_id, what, segments, task)
+        if not wait:
+            return waiter
         if future is not None:
-            if pump:
-                self._ensure_pump()
+            self._ensure_pump()
             if timeout is not None:
                 # Whoever reads may be blocked on a long call: a timer keeps the deadline.
                 import time
@@ -8389,16 +8504,41 @@ class _Worker(object):
                     if self._sleepers:
                         cond.notify_all()
 
-    def wait_for(self, task):
-        """Read replies on this thread until ``task`` (sent with pump=False) has its own."""
-        waiter = self._waiters.get(task.id)
-        if waiter is None:
-            return
+    def finish(self, waiter):
+        """The result of a request sent with wait=False: read replies on this
+        thread until it has come (deadlines are kept meanwhile)."""
         try:
             self._wait(waiter)
         except BaseException:
             self._kill()                        # interrupted mid-read, as in call()
             raise
+        return self._result(waiter)
+
+    def stop(self, waiters, grace):
+        """Cancel requests sent with wait=False, as Task.cancel() would, and
+        wait until they have stopped: queued ones are dropped, a running one
+        gets ``grace`` seconds, then the interrupt, then the kill."""
+        import time
+        stop_at = time.monotonic() + grace
+        with self._cond:
+            waiters = [w for w in waiters if not w.done and self.dead is None]
+            for w in waiters:
+                if w.deadline is None:
+                    w.deadline = stop_at
+                    self._timed += 1
+                elif not w.timed_out and stop_at < w.deadline:
+                    w.deadline = stop_at
+        for w in waiters:
+            self._request_cancel(w.id)
+        for w in waiters:
+            try:
+                self._wait(w)
+            except BaseException:
+                self._kill()
+                raise
+            reply = w.reply
+            if reply is not None and reply[0] == "ok" and type(reply[2]) is tuple:
+                self._release([ref[0] for ref in reply[2][2]])      # a result nobody will take
 
     def is_running(self, call_id):
         order = self._order
@@ -9454,7 +9594,304 @@ def _local_arguments(args, kwargs):
 
 
 # =============================================================================
-# 18. Wetlands compatibility
+# 18. Worker pools
+#    env.launch(workers=N) runs N workers of one environment.  A call goes to
+#    the least-loaded worker, or to the worker that holds its RemoteObjects;
+#    a worker that died is replaced on the next call.  map() keeps at most
+#    two calls per worker in flight and submits the rest as results are
+#    taken; map_async and execute_async are its asyncio faces.
+# =============================================================================
+
+
+def _check_workers(workers):
+    if workers == "auto":
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SpecError("workers must be a number of workers >= 1, or 'auto' (one per CPU), not %r" % (workers,))
+    return workers
+
+
+class _Pool(object):
+    """The workers of one environment, in slots: started together, picked
+    least loaded, replaced when they die.  The single-worker connection
+    (_Worker) knows nothing of it."""
+
+    def __init__(self, env, slots):
+        import threading
+        self.env = env
+        self.slots = list(slots)            # _Worker, or None until started
+        self.lock = threading.Lock()
+
+    def resize(self, size, timeout, output):
+        """Have ``size`` live workers: start the missing ones at once (in parallel), stop the extra ones."""
+        with self.lock:
+            extra = self.slots[size:]
+            del self.slots[size:]
+            self.slots.extend([None] * (size - len(self.slots)))
+            missing = [i for i, w in enumerate(self.slots) if not _alive(w)]
+            _start_workers(self.env, self.slots, missing, timeout, output)
+        _close_workers(extra)
+
+    def pick(self):
+        """The least-loaded live worker (dead ones are replaced first)."""
+        with self.lock:
+            dead = [i for i, w in enumerate(self.slots) if not _alive(w)]
+            if dead:
+                _start_workers(self.env, self.slots, dead, 60, self.env._worker_output)
+            best = best_load = None
+            for worker in self.slots:
+                load = len(worker._order)
+                if best is None or load < best_load:
+                    best, best_load = worker, load
+                    if not load:
+                        break
+            return best
+
+    def live(self):
+        return [w for w in self.slots if _alive(w)]
+
+    def close(self):
+        """Stop every worker; the next call starts them again."""
+        with self.lock:
+            workers, self.slots = self.slots, [None] * len(self.slots)
+        _close_workers(workers)
+
+
+def _alive(worker):
+    return worker is not None and worker.dead is None and not worker._closed
+
+
+def _start_workers(env, slots, indexes, timeout, output):
+    """Start workers into ``slots[i]`` for each index, in parallel; on a failure stop them all and raise it."""
+    if len(indexes) == 1:
+        slots[indexes[0]] = env._new_worker(timeout, output)
+        return
+    import threading
+    errors = []
+
+    def start(i):
+        try:
+            slots[i] = env._new_worker(timeout, output)
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=start, args=(i,), name="wetlite-launch-%s" % env.name) for i in indexes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        started = [slots[i] for i in indexes if slots[i] is not None]
+        for i in indexes:
+            slots[i] = None
+        _close_workers(started)
+        raise errors[0]
+
+
+def _close_workers(workers):
+    """Close workers in parallel: each may take its exit grace."""
+    workers = [w for w in workers if w is not None]
+    if len(workers) <= 1:
+        for w in workers:
+            w.close()
+        return
+    import threading
+    threads = [threading.Thread(target=w.close, name="wetlite-exit-%s" % w.name) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _pinned_worker(env, payload_args):
+    """The worker holding the RemoteObjects among the arguments (top level, or in a top-level
+    list, tuple or dict), or None.  They must all live in one worker."""
+    if not _HANDLES_MADE or payload_args is None:
+        return None
+    args, kwargs = payload_args
+    found = []
+
+    def look(value):
+        if type(value) is RemoteObject:
+            found.append(value)
+        elif type(value) in (list, tuple):
+            found.extend(v for v in value if type(v) is RemoteObject)
+        elif type(value) is dict:
+            found.extend(v for v in value.values() if type(v) is RemoteObject)
+    for value in args:
+        look(value)
+    for value in (kwargs or {}).values():
+        look(value)
+    workers = []
+    for handle in found:
+        worker = handle._wl_check(env)
+        if worker not in workers:
+            workers.append(worker)
+    if len(workers) > 1:
+        raise ExecutorError("the arguments hold RemoteObjects of %d different workers of environment %r (%s); a "
+                            "call runs in one worker: pass objects of one worker"
+                            % (len(workers), env.name, ", ".join(h._wl_label for h in found)))
+    return workers[0] if workers else None
+
+
+# --- map -------------------------------------------------------------------------------
+
+
+class _MapRun(object):
+    """The calls of one map(), in input order: submitted lazily, at most
+    ``window`` unfinished at a time, taken in order (or as they finish)."""
+
+    def __init__(self, submit, calls, window, ordered):
+        import collections
+        self.submit = submit                # submit(args) -> Task
+        self.calls = iter(calls)
+        self.window = window
+        self.ordered = ordered
+        self.pending = collections.deque()  # submitted, not taken yet
+        self.exhausted = False
+        self.wrapped = {}                   # task -> its asyncio future (map_async)
+
+    def refill(self):
+        pending = self.pending
+        while not self.exhausted and len(pending) < 2 * self.window:
+            if len(pending) >= self.window and sum(not t.done() for t in pending) >= self.window:
+                break
+            try:
+                args = next(self.calls)
+            except StopIteration:
+                self.exhausted = True
+                break
+            pending.append(self.submit(args))
+
+    def take(self):
+        """The tasks that may be yielded now."""
+        pending = self.pending
+        if self.ordered:
+            ready = []
+            while pending and pending[0].done():
+                ready.append(pending.popleft())
+            return ready
+        ready = [t for t in pending if t.done()]
+        for t in ready:
+            pending.remove(t)
+        return ready
+
+    def unfinished(self):
+        return [t for t in self.pending if not t.done()]
+
+    def cancel_rest(self):
+        pending, self.pending = self.pending, ()
+        for task in pending:
+            task.cancel()
+
+
+def _map_results(run):
+    """Yield the results of ``run``; the first error is raised in its place, and what is left is cancelled."""
+    import concurrent.futures
+    try:
+        while True:
+            run.refill()
+            if not run.pending:
+                return
+            ready = run.take()
+            if not ready:
+                concurrent.futures.wait(run.unfinished(), return_when=concurrent.futures.FIRST_COMPLETED)
+                continue
+            for i, task in enumerate(ready):
+                try:
+                    result = task.result()
+                except BaseException:
+                    for later in ready[i + 1:]:
+                        later.cancel()
+                    raise
+                yield result
+    finally:
+        run.cancel_rest()
+
+
+async def _map_results_async(run):
+    import asyncio
+    try:
+        while True:
+            run.refill()
+            if not run.pending:
+                return
+            ready = run.take()
+            if not ready:
+                waiting = []
+                for task in run.unfinished():
+                    if task not in run.wrapped:
+                        run.wrapped[task] = asyncio.wrap_future(task)
+                    waiting.append(run.wrapped[task])
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            for i, task in enumerate(ready):
+                wrapper = run.wrapped.pop(task, None)
+                if wrapper is not None:
+                    wrapper.cancel()            # done with it (else asyncio logs an unretrieved error)
+                try:
+                    result = task.result()
+                except BaseException:
+                    for later in ready[i + 1:]:
+                        later.cancel()
+                    raise
+                yield result
+    finally:
+        run.cancel_rest()
+        for wrapper in run.wrapped.values():
+            wrapper.cancel()
+
+
+def _zipped(module, function, iterables):
+    if not iterables:
+        raise SpecError("map() needs an iterable of arguments, e.g. env.map(%r, %r, images)" % (module, function))
+    return ((args, None) for args in zip(*iterables))
+
+
+def _map_run(env, target, function, calls, timeout, ordered, progress, cancel_grace, size):
+    """A _MapRun of ``calls`` ((args, kwargs) pairs) on ``env``, one Task each."""
+    _check_callback(progress, "progress")
+    grace = _check_timeout(cancel_grace, "cancel_grace")
+    if not isinstance(ordered, bool):
+        raise SpecError("ordered must be True or False, not %r" % (ordered,))
+
+    def submit(call):
+        args, kwargs = call
+        task = _new_task(env, (_target_name(target), function), grace, progress)
+        return env._submit_task(task, target, function, args, kwargs, timeout)
+    return _MapRun(submit, calls, 2 * size, ordered)
+
+
+def _map_one_worker(env, target, function, calls, timeout, grace, window=2):
+    """map() on one worker, without a Task per call: the requests are
+    pipelined (``window`` in flight) and their replies read on this thread,
+    in order, as the synchronous execute() does.  On an error or an early
+    close the rest is cancelled, and the calls have stopped when it returns."""
+    import collections
+    sent = collections.deque()                  # waiters, in input order
+    calls = iter(calls)
+    try:
+        while True:
+            while len(sent) < window:
+                try:
+                    args, kwargs = next(calls)
+                except StopIteration:
+                    break
+                sent.append(env._send("call", target, function, (args, kwargs), timeout, wait=False))
+            if not sent:
+                return
+            waiter = sent.popleft()
+            yield waiter.worker.finish(waiter)
+    finally:
+        workers = []                            # (one, unless a worker was replaced on the way)
+        for waiter in sent:
+            if waiter.worker not in workers:
+                workers.append(waiter.worker)
+        for worker in workers:
+            worker.stop([w for w in sent if w.worker is worker], grace)
+
+
+# =============================================================================
+# 19. Wetlands compatibility
 #    A program written for Wetlands -- the seed's camelCase API (0.2-0.3) or
 #    the 1.x snake_case one -- runs on wetlite once its import line names
 #    wetlite.  This section only maps their names and arguments onto the API
@@ -9795,7 +10232,7 @@ _MainEnvironment.launch = _wrap(_MainEnvironment.launch, _launch_arguments)
 Environment.__getattr__ = _wetlands_getattr(_WETLANDS_ENVIRONMENT_NAMES)
 
 # =============================================================================
-# 19. Command-line interface
+# 20. Command-line interface
 #    A thin adapter: every command is one or two public API calls.
 #    Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.
 # =============================================================================
@@ -9860,6 +10297,16 @@ def _build_parser():
     p.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
     p.add_argument("--timeout", metavar="S", type=float, help="seconds before the call is stopped")
     p.set_defaults(func=_cmd_call)
+
+    p = sub.add_parser("map", help="call a function once per input line and print one JSON result per line",
+                       usage="wetlite map NAME MODULE FUNC [--workers N] [--unordered] [--timeout S] < JSON_LINES")
+    p.add_argument("name")
+    p.add_argument("module", help="a dotted module name, or a path to a .py file")
+    p.add_argument("function", help="a function (or dotted attribute path) of the module")
+    p.add_argument("--workers", default="1", metavar="N", help="how many workers (default 1; 'auto': one per CPU)")
+    p.add_argument("--unordered", action="store_true", help="print results as they finish, not in input order")
+    p.add_argument("--timeout", type=float, help="seconds before each call is stopped")
+    p.set_defaults(func=_cmd_map)
 
     p = sub.add_parser("script", help="print the script that `run` would execute",
                        usage="wetlite script NAME [--shell bash|powershell] -- CMD [ARGS...]")
@@ -10007,7 +10454,6 @@ def _json_value(text, what):
 
 
 def _cmd_call(args):
-    import json
     positional = [_json_value(a, "argument") for a in args.json_args]
     kwargs = _json_value(args.kwargs, "--kwargs") if args.kwargs else {}
     if not isinstance(kwargs, dict):
@@ -10018,20 +10464,74 @@ def _cmd_call(args):
         result = env.execute(args.module, args.function, positional, kwargs, timeout=args.timeout)
     except WetliteError:
         raise
-    except Exception as exc:                # the function itself raised: show where, then fail
-        cause = getattr(exc, "__cause__", None)
-        if isinstance(cause, _RemoteTraceback):
-            _eprint(cause.text.rstrip())
-        raise CommandError("%s raised %s: %s" % (what, type(exc).__name__, exc))
+    except Exception as exc:
+        raise _call_failure(exc, what)
     finally:
         env.exit()
+    print(_json_text(result, what))
+    return 0
+
+
+def _call_failure(exc, what):
+    """The function itself raised: show where, and fail with a CommandError."""
+    cause = getattr(exc, "__cause__", None)
+    if isinstance(cause, _RemoteTraceback):
+        _eprint(cause.text.rstrip())
+    return CommandError("%s raised %s: %s" % (what, type(exc).__name__, exc))
+
+
+def _json_text(result, what):
+    """A result as one line of JSON, where its JSON form is faithful (see _json_form)."""
+    import json
     try:
         form = _json_form(result, "the result")
     except _NoJSONForm as exc:
         text = repr(result)
         raise CommandError("%s returned a value with no faithful JSON form: %s; its repr:\n%s"
                            % (what, exc, text if len(text) <= 2000 else text[:2000] + " ..."))
-    print(json.dumps(form))
+    return json.dumps(form)
+
+
+def _cmd_map(args):
+    """One call per JSON line of stdin (a list of arguments, or an object of keyword
+    arguments), one JSON result per line of stdout; stops at the first failure."""
+    workers = args.workers
+    if workers != "auto":
+        try:
+            workers = int(workers)
+        except ValueError:
+            raise SpecError("--workers must be a number or 'auto', not %r" % (workers,))
+
+    bad = []                # a bad input line ends the input; the results before it are printed first
+
+    def calls():
+        for number, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            try:
+                value = _json_value(line.strip(), "input line %d" % number)
+                if not isinstance(value, (list, dict)):
+                    raise SpecError("input line %d must be a JSON list of arguments, or an object of keyword "
+                                    "arguments, not %r" % (number, line.strip()))
+            except SpecError as exc:
+                bad.append(exc)
+                return
+            yield (value, None) if isinstance(value, list) else ((), value)
+    env = _manager(args).get(args.name)
+    what = "%s:%s" % (args.module, args.function)
+    try:
+        env.launch(workers=workers)
+        for result in env._map(args.module, args.function, calls(), args.timeout, not args.unordered, None, None):
+            sys.stdout.write(_json_text(result, what) + "\n")
+            sys.stdout.flush()
+        if bad:
+            raise bad[0]
+    except WetliteError:
+        raise
+    except Exception as exc:
+        raise _call_failure(exc, what)
+    finally:
+        env.exit()
     return 0
 
 
@@ -10421,7 +10921,7 @@ def main(argv=None):
 
 
 # =============================================================================
-# 20. Entry point
+# 21. Entry point
 # =============================================================================
 
 if __name__ == "__main__":

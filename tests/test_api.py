@@ -68,7 +68,8 @@ def test_sections_appear_in_the_design_order():
     titles = [t.lower() for _, t in banners]
     order = ["imports", "constants", "compatibility", "errors", "logging", "platform", "downloads", "tools",
              "dependency specs", "scripts", "subprocesses", "environments", "executor protocol", "worker",
-             "executor client", "tasks", "remote objects", "command-line", "entry point"]
+             "executor client", "tasks", "remote objects", "worker pools", "wetlands compatibility",
+             "command-line", "entry point"]
     positions = [next(i for i, t in enumerate(titles) if t.startswith(word)) for word in order]
     assert positions == sorted(positions)
 

@@ -156,3 +156,59 @@ def live_models():
 
 def held_ids():
     return sorted(sys.modules["wetlite"]._WorkerState.objects)
+
+
+# --- pools -------------------------------------------------------------------------
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def pid():
+    return os.getpid()
+
+
+def record(path, item, fail_at=None):
+    """Note that ``item`` ran (one line in ``path``); raise at ``fail_at``."""
+    with open(path, "a") as f:
+        f.write("%s\n" % item)
+    if item == fail_at:
+        raise ValueError("item %s failed" % item)
+    return item
+
+
+def after_file(item, path, timeout=30):
+    """Return ``item`` once ``path`` exists (so that another item finishes first)."""
+    wait_for_file(path, timeout)
+    return item
+
+
+def touch_and_return(item, path):
+    open(path, "w").close()
+    return item
+
+
+def big_echo(data):
+    return os.getpid(), data
+
+
+def shm_report():
+    state = sys.modules["wetlite"]._WorkerState
+    return os.getpid(), sorted(state.cache.maps) if state.cache else []
+
+
+def exit_worker(code):
+    os._exit(code)
+
+
+def add(a, b):
+    return a + b
+
+
+def record_slowly(path, item, seconds, fail_at=None):
+    """record(), then take ``seconds``: a queued item starts well after the one before it."""
+    record(path, item, fail_at)
+    time.sleep(seconds)
+    return item

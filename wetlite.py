@@ -4589,21 +4589,29 @@ class Environment(object):
             _callbacks_drained()
         return result
 
-    def submit(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False,
-               cancel_grace=None):
+    def submit(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, output=None,
+               ref=False, cancel_grace=None):
         """Like execute(), but return a Task (a concurrent.futures.Future) at once.
 
-        ``progress(task, progress)`` is added as a progress callback.
-        ``cancel_grace`` (seconds) overrides ``env.cancel_grace`` for this
-        call: see Task.cancel().
+        ``progress(task, progress)`` and ``output(task, line)`` are added as
+        the task's callbacks before the call is sent (a callback added later
+        misses what came before).  ``cancel_grace`` (seconds) overrides
+        ``env.cancel_grace`` for this call: see Task.cancel().
         """
+        target, task = self._new_call(module, function, args, kwargs, progress, output, cancel_grace)
+        timeout = _check_timeout(timeout)
+        return self._send("ref" if ref else "call", target, function, (args, kwargs), timeout, task, task)
+
+    def _new_call(self, module, function, args, kwargs, progress, output, cancel_grace):
+        """submit()'s checks, and the Task for the call."""
         target = _module_target(module)
         _check_call_arguments(function, args, kwargs)
-        timeout = _check_timeout(timeout)
         _check_callback(progress, "progress")
         task = _new_task(self, (_target_name(target), function), _check_timeout(cancel_grace, "cancel_grace"),
                          progress)
-        return self._send("ref" if ref else "call", target, function, (args, kwargs), timeout, task, task)
+        if output is not None:
+            task.add_output_callback(output)
+        return target, task
 
     def _submit_task(self, task, target, function, args, kwargs, timeout):
         return self._send("call", target, function, (args, kwargs), timeout, task, task)
@@ -4930,15 +4938,11 @@ class _MainEnvironment(Environment):
             _callbacks_drained()
         return self._local_ref(result, task.id) if ref else result
 
-    def submit(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, ref=False,
-               cancel_grace=None):
+    def submit(self, module, function, args=(), kwargs=None, timeout=None, *, progress=None, output=None,
+               ref=False, cancel_grace=None):
         self.manager._check_open(self.name)
-        target = _module_target(module)
-        _check_call_arguments(function, args, kwargs)
+        target, task = self._new_call(module, function, args, kwargs, progress, output, cancel_grace)
         timeout = _check_timeout(timeout)
-        _check_callback(progress, "progress")
-        task = _new_task(self, (_target_name(target), function), _check_timeout(cancel_grace, "cancel_grace"),
-                         progress)
         return self._submit_task(task, target, function, args, kwargs, timeout, wrap=self._local_ref if ref else None)
 
     def _submit_task(self, task, target, function, args, kwargs, timeout, wrap=None):
@@ -9129,7 +9133,8 @@ def _task_class():
                     _callback_soon(fn, self, self.progress)
 
         def add_output_callback(self, fn):
-            """Call ``fn(task, line)`` for each line this call prints (stdout and stderr).
+            """Call ``fn(task, line)`` for each line this call prints (stdout and stderr) from now
+            on (``submit(..., output=fn)`` misses none).
 
             In main_environment calls print to the host's own streams, and
             this is never called.
@@ -10080,7 +10085,8 @@ def _commands_before(first, then):
 
 
 def _launch_arguments(self, args, kwargs):
-    """launch(additional_activate_commands={}): wetlite starts the worker without a shell."""
+    """launch(additional_activate_commands={}, max_workers=N): wetlite starts the worker without a shell."""
+    kwargs = _renamed(kwargs, {"max_workers": "workers"})
     activate = kwargs.pop("additional_activate_commands", kwargs.pop("additionalActivateCommands", None))
     if args and isinstance(args[0], (dict, list, tuple, str)):
         activate, args = args[0], args[1:]
@@ -10172,10 +10178,7 @@ def _create_from_config(self, name, config_path, optional_dependencies=None, add
 
 def _launched(self):
     """Whether the worker runs (the main environment always "runs")."""
-    if self.tool == "main":
-        return True
-    worker = self._worker
-    return worker is not None and worker.dead is None and not worker._closed
+    return self.tool == "main" or bool(self.workers)
 
 
 def _update(self, dependencies=None, additional_install_commands=None, use_existing=None):

@@ -24,6 +24,11 @@ interpreter, because this machine is shared and noisy:
              against the same call without the reports (each item does
              ~2 us of work, see BENCH_FUNCS); goal <= 1.2x.  Also the cost
              of one report, from the difference.
+  map        `env.map` of 10,000 trivial calls on one worker, against a loop of
+             `execute`: pinned to one CPU, and unpinned; goal >= 0.8x.
+  pool       a CPU-bound pure-Python call (~20 ms) over 200 inputs with
+             `env.map`, 2 workers against 1, unpinned (each worker needs a
+             CPU); goal >= 1.7x on 2 cores.
   cancel     `task.cancel()` to the task ending cancelled: a call that polls
              `cancel_requested()` (cooperative), and one blocked in
              `time.sleep` with cancel_grace=0 (interrupted; the default
@@ -101,6 +106,13 @@ def spin():
 def block():
     wetlite.report_progress(0, 1, "started")
     time.sleep(60)
+
+
+def burn(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
 """
 
 
@@ -297,6 +309,65 @@ def bench_progress(env, funcs, runs, count=100000):
     return result
 
 
+def bench_map(env, calls, rounds, cpus):
+    """map of trivial calls on one worker against a loop of execute, pinned, then on every CPU."""
+    out = {}
+    for label, affinity in (("pinned", None), ("unpinned", cpus)):
+        if affinity is not None:
+            pinned = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, affinity)
+            env.exit()                              # the worker inherits the affinity when it starts
+        env.launch()
+        loop, mapped = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for i in range(calls):
+                env.execute("builtins", "abs", (i,))
+            loop.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in env.map("builtins", "abs", range(calls)):
+                pass
+            mapped.append(time.perf_counter() - start)
+        out[label] = {"loop_calls_per_s": calls / statistics.median(loop),
+                      "map_calls_per_s": calls / statistics.median(mapped),
+                      "x_loop": statistics.median(loop) / statistics.median(mapped)}
+        if affinity is not None:
+            os.sched_setaffinity(0, pinned)
+            env.exit()
+    out["calls"], out["rounds"] = calls, rounds
+    return out
+
+
+def bench_pool(env, funcs, cpus, inputs=200, rounds=3):
+    """A ~20 ms CPU-bound call over ``inputs`` with env.map: 2 workers against 1, on every CPU."""
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        env.exit()
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("bench_funcs_host", funcs)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        start = time.perf_counter()
+        mod.burn(200000)
+        n = int(200000 * 0.020 / (time.perf_counter() - start))      # ~20 ms here
+        times = {}
+        for workers in (1, 2, 1, 2):                # alternate: drift hits both alike
+            env.launch(workers=workers)
+            list(env.map(funcs, "burn", [n] * (2 * workers)))       # warm
+            start = time.perf_counter()
+            for _ in env.map(funcs, "burn", [n] * inputs):
+                pass
+            times.setdefault(workers, []).append(time.perf_counter() - start)
+        env.launch(workers=1)
+    finally:
+        os.sched_setaffinity(0, pinned)
+        env.exit()
+    one, two = min(times[1]), min(times[2])
+    return {"call_ms": 1000 * one / inputs, "one_worker_per_s": inputs / one, "two_workers_per_s": inputs / two,
+            "x_one": one / two, "inputs": inputs, "cpus": len(cpus)}
+
+
 def bench_cancel(env, funcs, runs):
     """cancel() to cancelled, for a cooperative call and for one that must be interrupted."""
     import concurrent.futures
@@ -412,7 +483,7 @@ def bench_large(mgr, runs, env_numpy=None):
     return result
 
 
-PARTS = ("import", "reuse", "call", "pipeline", "progress", "cancel", "cold", "large")
+PARTS = ("import", "reuse", "call", "pipeline", "progress", "cancel", "map", "pool", "cold", "large")
 
 
 def main():
@@ -431,6 +502,7 @@ def main():
         parser.error("unknown part(s): %s (choose from %s)" % (", ".join(sorted(unknown)), ", ".join(PARTS)))
     scale = 1 if args.quick else 4
     pinned = False
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})     # children inherit it
         pinned = True
@@ -442,7 +514,7 @@ def main():
         if "reuse" in only:
             results["reuse"] = bench_reuse(root, 50 * scale)
         mgr = wetlite.EnvironmentManager(root=root, tool="venv")
-        if only & {"call", "pipeline", "progress", "cancel", "cold"}:
+        if only & {"call", "pipeline", "progress", "cancel", "map", "pool", "cold"}:
             env = mgr.create("bench", force_external=True)
             funcs = write_funcs(root)
             if "call" in only:
@@ -453,6 +525,10 @@ def main():
                 results["progress"] = bench_progress(env, funcs, 3 * scale)
             if "cancel" in only:
                 results["cancel"] = bench_cancel(env, funcs, 5 * scale)
+            if cpus is not None and "map" in only:
+                results["map"] = bench_map(env, 10000, 2 * scale, cpus)
+            if cpus is not None and "pool" in only:
+                results["pool"] = bench_pool(env, funcs, cpus)
             if "cold" in only:
                 results["cold"] = bench_cold(env, 5 * scale)
         if "large" in only:
@@ -489,6 +565,16 @@ def main():
             ca = results["cancel"]
             rows.append(("cancel() to cancelled: cooperative", "%.2f ms" % ca["cooperative_ms"], ""))
             rows.append(("cancel() to cancelled: interrupted", "%.2f ms" % ca["interrupted_ms"], "cancel_grace=0"))
+        if "map" in results:
+            for label in ("pinned", "unpinned"):
+                m = results["map"][label]
+                rows.append(("map of 10,000 on one worker, %s" % label, "%.0f calls/s" % m["map_calls_per_s"],
+                             "%.2fx a loop of execute (%.0f/s); goal >= 0.8x" % (m["x_loop"], m["loop_calls_per_s"])))
+        if "pool" in results:
+            po = results["pool"]
+            rows.append(("pool: %.0f ms calls, 2 workers" % po["call_ms"], "%.1f calls/s" % po["two_workers_per_s"],
+                         "%.2fx one worker (%.1f/s), %d CPUs; goal >= 1.7x"
+                         % (po["x_one"], po["one_worker_per_s"], po["cpus"])))
         if "pipeline" in results:
             p = results["pipeline"]
             rows.append(("submit pipelining", "%.0f calls/s" % p["submit_calls_per_s"],

@@ -15,21 +15,13 @@ import time
 
 import pytest
 
-from conftest import local_interpreters, wetlite
+from conftest import local_interpreters, wait_for, wetlite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="these tests look at /dev/shm and kill workers")
 
-
-def wait_for(predicate, timeout=30, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def alive(pid):
@@ -285,21 +277,24 @@ def test_remote_objects_are_pinned_to_their_worker(pool):
 def test_each_worker_has_its_own_shared_memory_and_nothing_leaks(pool):
     if not wetlite._shm_available():
         pytest.skip("no shared memory here")
-    before = set(os.listdir("/dev/shm"))
     env = pool(2)
     blobs = [os.urandom(2 << 20) for _ in range(8)]
     results = list(env.map(T, "big_echo", blobs))
     assert [data for _, data in results] == blobs
     assert len({pid for pid, _ in results}) == 2
-    prefixes = {}
+    prefixes = set()
     for worker in env._pool.slots:
-        prefixes[worker.proc.pid] = worker.shm_pool.prefix
+        prefixes.update([worker.shm_pool.prefix, worker.shm_worker_prefix])
         pid, attached = worker.call(("call", T, "shm_report"), ((), None), "shm_report", None)
         assert pid == worker.proc.pid
         assert attached and all(name.startswith(worker.shm_pool.prefix) for name in attached), attached
-    assert len(set(prefixes.values())) == 2
+    assert len(prefixes) == 4
+
+    def ours():
+        return [n for n in os.listdir("/dev/shm") if any(n.startswith(p) for p in prefixes)]
+    assert ours()
     env.exit()
-    assert wait_for(lambda: not set(os.listdir("/dev/shm")) - before, 10), set(os.listdir("/dev/shm")) - before
+    assert wait_for(lambda: not ours()), ours()
 
 
 # --- asyncio -------------------------------------------------------------------------
@@ -420,3 +415,11 @@ def test_cli_map_stops_at_the_first_failure(cli_root, monkeypatch, capsys, tmp_p
     assert code == 1 and results == [-1] and "input line 2" in err
     code, results, err = run_map(cli_root, monkeypatch, capsys, "[1]\n", "operator", "neg", "--workers", "x")
     assert code == 1 and "--workers" in err
+
+
+def test_wetlands_max_workers_is_workers(pool):
+    env = pool(1)
+    env.launch(max_workers=2)
+    assert len(env.workers) == 2 and env.launched()
+    env.exit()
+    assert not env.launched()

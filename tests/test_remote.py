@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import local_interpreters, wetlite
+from conftest import local_interpreters, wait_for, wetlite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
@@ -23,14 +23,6 @@ HELPERS = os.path.join(HERE, "executor_data", "worker_helpers.py")
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="these tests kill workers with POSIX signals")
 
-
-def wait_for(predicate, timeout=30, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,13 @@ import time
 
 import pytest
 
-from conftest import local_interpreters, wetlite
+from conftest import local_interpreters, wait_for, wetlite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the kill and interrupt paths tested here are POSIX")
 
-
-def wait_for(predicate, timeout=30, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -342,11 +334,7 @@ def test_output_is_tagged_with_the_task_and_reaches_its_callback(fresh, caplog):
 
     def collect(task, line):
         lines.setdefault(task.id, []).append(line)
-    tasks = []
-    for tag in ("alpha", "beta", "gamma"):
-        task = env.submit(T, "print_tagged", (tag,))
-        task.add_output_callback(collect)
-        tasks.append(task)
+    tasks = [env.submit(T, "print_tagged", (tag,), output=collect) for tag in ("alpha", "beta", "gamma")]
     for task in tasks:
         task.result(timeout=30)
     for task, tag in zip(tasks, ("alpha", "beta", "gamma")):
@@ -370,10 +358,21 @@ def test_output_written_below_sys_stdout_goes_to_the_running_call(fresh, tmp_pat
         if line == "from the fd":
             open(flag, "w").close()
     env.execute(T, "print_tagged", ("before",))                  # marks and unmarks a call first
-    task = env.submit(T, "write_fd_then_wait", ("from the fd", flag))
-    task.add_output_callback(on_line)
+    task = env.submit(T, "write_fd_then_wait", ("from the fd", flag), output=on_line)
     assert task.result(timeout=60) == "seen"
     assert (task.id, "from the fd") in got
+
+
+def test_an_output_callback_added_later_gets_the_lines_from_then_on(fresh, tmp_path):
+    env = fresh()
+    flag = str(tmp_path / "go")
+    task = env.submit(T, "print_after_file", ("late", flag))
+    got = []
+    task.add_output_callback(lambda t, line: got.append(line))
+    open(flag, "w").close()
+    assert task.result(timeout=60) == "late"
+    assert wait_for(lambda: got == ["late 0", "late 1", "late 2", "late err"] or sorted(got) == sorted(
+        ["late 0", "late 1", "late 2", "late err"]))
 
 
 def test_environment_output_callback_still_gets_every_line(mgr, shared):
@@ -419,8 +418,7 @@ def test_progress_and_cancel_on_every_local_interpreter(mgr, tmp_path, version):
         with pytest.raises(concurrent.futures.CancelledError):
             task.result(timeout=30)
         lines = []
-        task = env.submit(T, "print_tagged", ("v",))
-        task.add_output_callback(lambda t, line: lines.append(line))
+        task = env.submit(T, "print_tagged", ("v",), output=lambda t, line: lines.append(line))
         assert task.result(timeout=30) == "v"
         assert wait_for(lambda: "v err" in lines and "v 2" in lines)
     finally:

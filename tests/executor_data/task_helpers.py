@@ -212,3 +212,8 @@ def record_slowly(path, item, seconds, fail_at=None):
     record(path, item, fail_at)
     time.sleep(seconds)
     return item
+
+
+def print_after_file(tag, path, timeout=30):
+    wait_for_file(path, timeout)
+    return print_tagged(tag)

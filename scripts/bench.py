@@ -46,7 +46,7 @@ interpreter, because this machine is shared and noisy:
              time arrays crossing NumPy versions).
 
     --only call,large   runs only those parts (import, reuse, call, pipeline,
-                        cold, large).
+                        progress, cancel, map, pool, cold, large).
     --against FILE      also times the trivial call against another wetlite.py
                         (say main's) in paired rounds: this / that, median.
 """

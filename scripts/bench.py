@@ -44,9 +44,14 @@ interpreter, because this machine is shared and noisy:
              Needs NumPy in the host (installed in the bench environment from
              PyPI or pip's cache; --env-numpy picks another version there, to
              time arrays crossing NumPy versions).
+  faults     how fast failures are noticed (the tests only check that they
+             are, with "did not hang" bounds): a worker killed mid-call to
+             WorkerDied, a call's 0.3 s timeout to CallTimeout (the overshoot),
+             a worker that dies while starting to WorkerDied; and prints of a
+             call reaching the output callback (lines/s).
 
     --only call,large   runs only those parts (import, reuse, call, pipeline,
-                        progress, cancel, map, pool, cold, large).
+                        progress, cancel, map, pool, cold, large, faults).
     --against FILE      also times the trivial call against another wetlite.py
                         (say main's) in paired rounds: this / that, median.
 """
@@ -483,7 +488,60 @@ def bench_large(mgr, runs, env_numpy=None):
     return result
 
 
-PARTS = ("import", "reuse", "call", "pipeline", "progress", "cancel", "map", "pool", "cold", "large")
+def bench_faults(mgr, env, runs):
+    """Time to notice a killed worker, a timeout's overshoot, a failed start; output throughput."""
+    import signal
+    import threading
+    helper = os.path.join(REPO, "tests", "executor_data", "worker_helpers.py")
+    killed, overshoot, failed_start = [], [], []
+    for _ in range(runs):
+        env.launch()
+        marker = os.path.join(mgr.root, "running")
+        pid = env._worker.proc.pid
+        at = {}
+
+        def kill():
+            while not os.path.exists(marker):
+                time.sleep(0.001)
+            at["t"] = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+        threading.Thread(target=kill).start()
+        try:
+            env.execute(helper, "mark_and_sleep", (marker, 60))
+        except wetlite.WorkerDied:
+            killed.append(time.perf_counter() - at["t"])
+        os.remove(marker)
+        start = time.perf_counter()
+        try:
+            env.execute("time", "sleep", (30,), timeout=0.3)
+        except wetlite.CallTimeout:
+            overshoot.append(time.perf_counter() - start - 0.3)
+        broken = mgr.load("broken", env.path)
+        broken._worker_argv = lambda: [env.python, "-c", "import sys; sys.exit(5)"]
+        start = time.perf_counter()
+        try:
+            broken.launch(timeout=60)
+        except wetlite.WorkerDied:
+            failed_start.append(time.perf_counter() - start)
+        mgr.environments.pop("broken", None)
+    lines = []
+    out = mgr.load("printer", env.path)
+    out.launch(output=lines.append)
+    count = 100000
+    start = time.perf_counter()
+    out.execute(helper, "print_lines", (count, 99))
+    while len(lines) < count and time.perf_counter() - start < 120:
+        time.sleep(0.01)
+    took = time.perf_counter() - start
+    out.exit()
+    return {"killed_to_worker_died_median_ms": statistics.median(killed) * 1000,
+            "timeout_overshoot_median_ms": statistics.median(overshoot) * 1000,
+            "failed_start_to_worker_died_median_ms": statistics.median(failed_start) * 1000,
+            "output_lines_per_s": len(lines) / took, "runs": runs}
+
+
+PARTS = ("import", "reuse", "call", "pipeline", "progress", "cancel", "map", "pool", "cold", "large",
+         "faults")
 
 
 def main():
@@ -514,7 +572,7 @@ def main():
         if "reuse" in only:
             results["reuse"] = bench_reuse(root, 50 * scale)
         mgr = wetlite.EnvironmentManager(root=root, tool="venv")
-        if only & {"call", "pipeline", "progress", "cancel", "map", "pool", "cold"}:
+        if only & {"call", "pipeline", "progress", "cancel", "map", "pool", "cold", "faults"}:
             env = mgr.create("bench", force_external=True)
             funcs = write_funcs(root)
             if "call" in only:
@@ -531,6 +589,8 @@ def main():
                 results["pool"] = bench_pool(env, funcs, cpus)
             if "cold" in only:
                 results["cold"] = bench_cold(env, 5 * scale)
+            if "faults" in only:
+                results["faults"] = bench_faults(mgr, env, 2 * scale)
         if "large" in only:
             results["large"] = bench_large(mgr, 5 * scale, args.env_numpy)
         if args.against:
@@ -601,6 +661,14 @@ def main():
             for size, row in sorted(large["threshold_sweep"].items(), key=lambda kv: int(kv[0])):
                 rows.append(("  %d KiB argument: in-band / shm" % (int(size) >> 10),
                              "%.0f / %.0f us" % (row["in_band_us"], row["shm_us"]), ""))
+        if "faults" in results:
+            f = results["faults"]
+            rows.append(("worker killed mid-call -> WorkerDied", "%.1f ms" % f["killed_to_worker_died_median_ms"],
+                         ""))
+            rows.append(("0.3 s timeout -> CallTimeout, overshoot", "%.1f ms" % f["timeout_overshoot_median_ms"], ""))
+            rows.append(("worker dies starting -> WorkerDied", "%.1f ms" % f["failed_start_to_worker_died_median_ms"],
+                         ""))
+            rows.append(("prints reaching the output callback", "%.0f lines/s" % f["output_lines_per_s"], ""))
         width = max(len(r[0]) for r in rows)
         for label, value, note in rows:
             print("%-*s  %18s  %s" % (width, label, value, note))

@@ -26,9 +26,28 @@ if REPO not in sys.path:
 # directory -- pytest's tmp_path dirs, wetlite's private dirs, the stand-ins'
 # caches, what pip and the tools write -- through TMPDIR, which this process
 # and every child honour.  It is removed at the end of a run that passed (a
-# failed run keeps it for a look, and says where).  The name is short because
-# AF_UNIX socket paths under it are limited to about 100 characters.
+# failed run keeps it for a look, says where, and the next run removes it).  The
+# name is short because AF_UNIX socket paths under it are limited to about 100
+# characters.
+def _remove_finished_sessions(base):
+    """Remove the temp dirs that earlier failed runs kept (their process is gone)."""
+    for path in glob.glob(os.path.join(base, "wlt-*")):
+        try:
+            with open(os.path.join(path, ".session-pid")) as f:
+                pid = int(f.read())
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)                     # still running: not ours to touch
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
+
+
+_remove_finished_sessions(tempfile.gettempdir())
 SESSION_TMP = tempfile.mkdtemp(prefix="wlt-")
+with open(os.path.join(SESSION_TMP, ".session-pid"), "w") as _f:
+    _f.write(str(os.getpid()))
 os.environ["TMPDIR"] = tempfile.tempdir = SESSION_TMP
 
 wetlite = importlib.import_module(os.environ.get("WETLITE_TEST_MODULE", "wetlite"))
@@ -102,10 +121,11 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # (This process's own scripts dir goes at its exit; the stand-ins' cache is meant to stay.)
+    # (This process's own scripts and runtime dirs go at its exit; the stand-ins' cache is meant to stay.)
     own = os.path.basename(getattr(wetlite, "_scripts_dir_path", None) or "")
     leftovers = sorted(name for name in os.listdir(SESSION_TMP)
-                       if name.startswith("wetlite") and not name.startswith("wetlite-standin") and name != own)
+                       if name.startswith("wetlite") and not name.startswith("wetlite-standin") and name != own
+                       and not name.startswith("wetlite-runtime-%d-" % os.getpid()))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if leftovers and reporter is not None:
         reporter.ensure_newline()

@@ -7661,7 +7661,7 @@ _WORKER_BOOT = """\
 import os, sys
 sys.dont_write_bytecode = False
 if os.environ.get("COVERAGE_PROCESS_START"):
-    # Measured by coverage.py (wetlite's scripts/coverage.py): this side too.
+    # Measured by coverage.py (wetlite's scripts/measure_coverage.py): this side too.
     sys.path.extend(p for p in os.environ.get("WETLITE_COVERAGE_PATH", "").split(os.pathsep) if p)
     try:
         import coverage

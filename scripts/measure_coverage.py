@@ -1,7 +1,7 @@
 """Run the test suite under coverage.py, the host and the worker side, and report both merged.
 
-    python scripts/coverage.py [pytest arguments...]       # e.g. -x, or tests/test_executor.py
-    python scripts/coverage.py --html DIR [pytest arguments...]
+    python scripts/measure_coverage.py [pytest arguments...]       # e.g. -x, or tests/test_executor.py
+    python scripts/measure_coverage.py --html DIR [pytest arguments...]
 
 Needs the test requirements (coverage is pinned in requirements-test.txt).  How
 each side is measured:
@@ -41,6 +41,7 @@ wetlite =
     {repo}/
     */state/runtime/{digest}/
     */_vendor/
+    */bundle.zip/
 
 [report]
 # A copy some test made and removed (a vendored one in a temp dir) has no source left to show.
@@ -64,6 +65,19 @@ def runtime_digest():
         sys.path.remove(REPO)
 
 
+def measured(data_file):
+    import coverage
+    data = coverage.CoverageData(data_file)
+    data.read()
+    return data.measured_files()
+
+
+def totals(json_report):
+    import json
+    with open(json_report) as f:
+        return json.load(f)["totals"]
+
+
 def main(argv):
     html = None
     if argv[:1] == ["--html"]:
@@ -80,10 +94,28 @@ def main(argv):
     run = [sys.executable, "-m", "coverage"]
     tests = subprocess.call(run + ["run", "--rcfile", rc, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + argv,
                             cwd=REPO, env=env)
-    subprocess.check_call(run + ["combine", "--rcfile", rc, "-q"], cwd=REPO, env=env)
-    report = subprocess.call(run + ["report", "--rcfile", rc], cwd=REPO, env=env)
+    # The host's own figures too (its data measured this wetlite.py itself), to see what the
+    # workers add.
+    parts = [os.path.join(work, n) for n in sorted(os.listdir(work)) if n.startswith(".coverage.")]
+    host = [p for p in parts if any(f == os.path.join(REPO, "wetlite.py") for f in measured(p))]
+    rows = []
+    for label, files in (("host", host), ("host and workers", parts)):
+        data = os.path.join(work, label.replace(" ", "-") + ".data")
+        subprocess.check_call(run + ["combine", "--rcfile", rc, "--keep", "-q", "--data-file", data] + files,
+                              cwd=REPO, env=env)
+        out = os.path.join(work, label.replace(" ", "-") + ".json")
+        subprocess.check_call(run + ["json", "--rcfile", rc, "-q", "--data-file", data, "-o", out], cwd=REPO,
+                              env=env)
+        rows.append((label, totals(out)))
+    data = os.path.join(work, "host-and-workers.data")
+    report = subprocess.call(run + ["report", "--rcfile", rc, "--data-file", data], cwd=REPO, env=env)
+    for label, t in rows:
+        print("%-17s lines %5.1f%% (%d of %d)   branches %5.1f%% (%d of %d)" % (
+            label, 100.0 * t["covered_lines"] / t["num_statements"], t["covered_lines"], t["num_statements"],
+            100.0 * t["covered_branches"] / t["num_branches"], t["covered_branches"], t["num_branches"]))
     if html:
-        subprocess.call(run + ["html", "--rcfile", rc, "-d", os.path.abspath(html)], cwd=REPO, env=env)
+        subprocess.call(run + ["html", "--rcfile", rc, "--data-file", data, "-d", os.path.abspath(html)],
+                        cwd=REPO, env=env)
     if report == 0:
         import shutil
         shutil.rmtree(work, ignore_errors=True)

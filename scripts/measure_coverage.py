@@ -2,6 +2,7 @@
 
     python scripts/measure_coverage.py [pytest arguments...]       # e.g. -x, or tests/test_executor.py
     python scripts/measure_coverage.py --html DIR [pytest arguments...]
+    python scripts/measure_coverage.py --json FILE [pytest arguments...]   # per-line data, merged
 
 Needs the test requirements (coverage is pinned in requirements-test.txt).  How
 each side is measured:
@@ -79,9 +80,13 @@ def totals(json_report):
 
 
 def main(argv):
-    html = None
-    if argv[:1] == ["--html"]:
-        html, argv = argv[1], argv[2:]
+    html = as_json = None
+    while argv[:1] in (["--html"], ["--json"]):
+        if argv[0] == "--html":
+            html = argv[1]
+        else:
+            as_json = argv[1]
+        argv = argv[2:]
     import coverage                      # fails here, with a clear message, when it is missing
     work = tempfile.mkdtemp(prefix="wetlite-coverage-")
     rc = os.path.join(work, "coveragerc")
@@ -116,6 +121,9 @@ def main(argv):
     if html:
         subprocess.call(run + ["html", "--rcfile", rc, "--data-file", data, "-d", os.path.abspath(html)],
                         cwd=REPO, env=env)
+    if as_json:
+        import shutil
+        shutil.copyfile(os.path.join(work, "host-and-workers.json"), as_json)
     if report == 0:
         import shutil
         shutil.rmtree(work, ignore_errors=True)

@@ -89,6 +89,14 @@ def main(argv):
         argv = argv[2:]
     import coverage                      # fails here, with a clear message, when it is missing
     work = tempfile.mkdtemp(prefix="wetlite-coverage-")
+    try:
+        return measure(work, argv, html, as_json, coverage)
+    except BaseException:
+        print("the coverage data is kept in %s" % work)
+        raise
+
+
+def measure(work, argv, html, as_json, coverage):
     rc = os.path.join(work, "coveragerc")
     with open(rc, "w") as f:
         f.write(RC.format(data=os.path.join(work, ".coverage"), repo=REPO, digest=runtime_digest()))

@@ -631,22 +631,38 @@ def _private_group(gid):
     return gid == os.getegid() and group.gr_name == user and set(group.gr_mem) <= set([user])
 
 
-def _check_trusted(path, what):
-    """Raise WetliteError if ``path`` is a link, belongs to another user, or
-    others can write it.  Returns whether it exists."""
-    if _WINDOWS:
-        return os.path.lexists(path)
+def _trust_problem(path):
+    """(exists, why ``path`` cannot be trusted or None).  A symbolic link is
+    judged by its owner and by what it points to: a link of one's own to a
+    bigger disk is fine, one another user could point elsewhere is not."""
     import stat
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return False
-    reason = "is a symbolic link" if stat.S_ISLNK(st.st_mode) else _untrusted_reason(st)
+        return False, None
+    if not stat.S_ISLNK(st.st_mode):
+        return True, _untrusted_reason(st)
+    if st.st_uid not in (os.geteuid(), 0):
+        return True, "is a symbolic link that belongs to user id %d" % st.st_uid
+    try:
+        reason = _untrusted_reason(os.stat(path))
+    except OSError as exc:
+        return True, "is a symbolic link to %s, which cannot be used (%s)" % (os.path.realpath(path),
+                                                                              exc.strerror or exc)
+    return True, reason and "points to %s, which %s" % (os.path.realpath(path), reason)
+
+
+def _check_trusted(path, what):
+    """Raise WetliteError if ``path`` (or what a link there points to)
+    belongs to another user or others can write it.  Returns whether it exists."""
+    if _WINDOWS:
+        return os.path.lexists(path)
+    exists, reason = _trust_problem(path)
     if reason:
         raise WetliteError(
             "refusing %s %s: it %s, so someone else could plant code there that wetlite would run as you; "
             "remove it, or make it yours with mode 700" % (what, path, reason))
-    return True
+    return exists
 
 
 def _secure_root(root, create=True):
@@ -662,15 +678,7 @@ def _secure_root(root, create=True):
             raise WetliteError("cannot create the wetlite root %s: %s; choose another root (root= or %s)"
                                % (root, exc.strerror or exc, _ENV_ROOT))
     if not _WINDOWS:
-        # The root may be a link (to a bigger disk, say) if the link and its target are trusted.
-        import stat
-        link = os.lstat(root)
-        reason = None
-        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.geteuid(), 0):
-            reason = "is a symbolic link that belongs to user id %d" % link.st_uid
-        if reason is None:
-            st = os.stat(root)
-            reason = _untrusted_reason(st) if stat.S_ISDIR(st.st_mode) else "is not a directory"
+        reason = _trust_problem(root)[1] or (None if os.path.isdir(root) else "is not a directory")
         if reason:
             raise WetliteError(
                 "refusing the wetlite root %s: it %s, so someone else could plant code there that wetlite would "

@@ -199,6 +199,35 @@ def test_a_symlinked_root_of_ones_own_is_fine(tmp_path, venv_path):
         env.exit()
 
 
+def test_dirs_of_the_root_symlinked_to_a_disk_of_ones_own_are_fine(tmp_path, venv_path):
+    # Home quotas are small: envs/ and the package cache often live on another disk.
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    for name in ("envs", "pkgs", "state"):
+        (tmp_path / "scratch" / name).mkdir(mode=0o700, parents=True)
+        os.symlink(str(tmp_path / "scratch" / name), str(root / name))
+    env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
+    try:
+        assert env.execute("os", "getpid") != os.getpid()
+    finally:
+        env.exit()
+    assert os.listdir(str(tmp_path / "scratch" / "state" / "runtime"))
+
+
+def test_a_dir_of_the_root_symlinked_to_where_others_can_write_is_refused(tmp_path, venv_path):
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    (tmp_path / "open").mkdir()
+    os.chmod(str(tmp_path / "open"), 0o777)
+    os.symlink(str(tmp_path / "open"), str(root / "state"))
+    env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
+    with pytest.raises(wetlite.WetliteError) as info:
+        env.execute("os", "getpid")
+    env.exit()
+    assert "points to %s" % (tmp_path / "open") in str(info.value)
+    assert "can be written by its group or by other users" in str(info.value)
+
+
 # -- links instead of logs and locks ------------------------------------------------------------
 
 

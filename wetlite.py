@@ -1633,6 +1633,12 @@ pkgs_dirs: [%s]
 
 def _ensure_mambarc(root):
     import json
+    try:
+        # Made here, 0700: micromamba would make it with the umask's mode,
+        # group-writable under umask 002, and the root would then be refused.
+        _makedirs_private(os.path.join(root, "pkgs"))
+    except OSError:
+        pass                                # a read-only root: micromamba installs nothing there
     path = os.path.join(root, ".mambarc")
     if not os.path.exists(path):
         # A JSON string is a valid YAML flow scalar, whatever the path holds.

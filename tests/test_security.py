@@ -214,6 +214,19 @@ def test_dirs_of_the_root_symlinked_to_a_disk_of_ones_own_are_fine(tmp_path, ven
     assert os.listdir(str(tmp_path / "scratch" / "state" / "runtime"))
 
 
+def test_the_package_cache_is_private_before_micromamba_makes_it(tmp_path):
+    # micromamba would create pkgs/ with the umask's mode: group-writable under
+    # umask 002, and then the next run would refuse the root.
+    old = os.umask(0o002)
+    try:
+        mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="micromamba",
+                                         tool_path=os.path.join(HERE, "stand_ins", "micromamba"))
+        mgr.install_tool()
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "root" / "pkgs") == 0o700
+
+
 def test_a_dir_of_the_root_symlinked_to_where_others_can_write_is_refused(tmp_path, venv_path):
     root = tmp_path / "root"
     root.mkdir(mode=0o700)

@@ -10641,9 +10641,20 @@ def _info(mgr):
         "tool_installed": installed,
         "installed_version": (_read_marker(os.path.join(mgr.root, "bin", "." + mgr.tool + "-version"))
                               if installed and not mgr.tool_path else None),
-        "environment": _mask_secrets({k: v for k, v in sorted(os.environ.items()) if k.startswith("WETLITE_")
-                                      or k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}),
+        "environment": _shown_environ(),
     }
+
+
+def _shown_environ():
+    """wetlite's variables and the proxy ones, credentials masked (a proxy
+    variable may hold ``user:password@host:port`` with no scheme)."""
+    shown = {}
+    for key, value in sorted(os.environ.items()):
+        if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            shown[key] = _masked_proxies({key: value})[key]
+        elif key.startswith("WETLITE_"):
+            shown[key] = _mask_url(value)
+    return shown
 
 
 def _cmd_info(args):

@@ -332,11 +332,13 @@ def test_a_failing_pip_step_shows_no_secret(tmp_path, caplog):
 def test_info_masks_proxies_and_the_mirror(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("https_proxy", "http://bob:PROXYPASS@proxy.example:3128")
     monkeypatch.setenv("WETLITE_DOWNLOAD_URL", "https://carol:MIRRORPASS@mirror.example/releases")
+    monkeypatch.setenv("ALL_PROXY", "dave:BARE@bare.example:1080")      # no scheme: urllib and pip take it
     assert wetlite.main(["--root", str(tmp_path / "root"), "--tool", "venv", "info"]) == 0
     assert wetlite.main(["--root", str(tmp_path / "root"), "--tool", "venv", "info", "--json"]) == 0
     out = capsys.readouterr().out
-    assert "PROXYPASS" not in out and "MIRRORPASS" not in out
+    assert "PROXYPASS" not in out and "MIRRORPASS" not in out and "BARE" not in out
     assert "http://***@proxy.example:3128" in out and "https://***@mirror.example/releases" in out
+    assert "***@bare.example:1080" in out
 
 
 @pytest.mark.parametrize("text, shown", [

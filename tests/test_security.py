@@ -134,9 +134,11 @@ def test_a_group_writable_root_of_ones_private_group_is_fine(tmp_path, venv_path
 
 @needs_root
 def test_a_root_writable_by_a_shared_group_is_refused(tmp_path, venv_path):
+    import grp
+    shared = [g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getegid()][0]     # a group that exists
     root = tmp_path / "root"
     root.mkdir()
-    os.chown(str(root), os.geteuid(), OTHER_UID)
+    os.chown(str(root), os.geteuid(), shared)
     os.chmod(str(root), 0o770)
     env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
     with pytest.raises(wetlite.WetliteError) as info:
@@ -197,6 +199,31 @@ def test_a_symlinked_root_of_ones_own_is_fine(tmp_path, venv_path):
         assert env.execute("os", "getpid") != os.getpid()
     finally:
         env.exit()
+
+
+@needs_root
+def test_a_root_link_another_user_owns_is_refused(tmp_path, venv_path):
+    # Even to a directory of one's own: its owner may point it elsewhere later.
+    (tmp_path / "real").mkdir(mode=0o700)
+    os.symlink(str(tmp_path / "real"), str(tmp_path / "link"))
+    os.lchown(str(tmp_path / "link"), OTHER_UID, OTHER_UID)
+    env = wetlite.EnvironmentManager(root=str(tmp_path / "link"), tool="venv").load("e", venv_path)
+    with pytest.raises(wetlite.WetliteError) as info:
+        env.execute("os", "getpid")
+    env.exit()
+    assert "symbolic link that belongs to user id %d" % OTHER_UID in str(info.value)
+
+
+def test_a_state_dir_an_older_wetlite_left_open_is_made_private(tmp_path, venv_path):
+    root = tmp_path / "root"
+    os.makedirs(str(root / "state" / "logs"))
+    os.chmod(str(root / "state"), 0o755)
+    env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
+    try:
+        env.execute("os", "getpid")
+    finally:
+        env.exit()
+    assert mode(root / "state") == 0o700
 
 
 def test_dirs_of_the_root_symlinked_to_a_disk_of_ones_own_are_fine(tmp_path, venv_path):
@@ -481,6 +508,21 @@ def test_script_dirs_of_killed_processes_are_removed_on_the_next_run(tmp_path):
     assert sorted(os.listdir(str(temp))) == [os.path.basename(busy)]
 
 
+def test_the_sweep_leaves_kept_dirs_and_other_users_dirs_alone(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE)
+    pid = int(dead.stdout)
+    mine, kept, theirs = [tmp_path / ("wetlite-scripts-%d-%s" % (pid, n)) for n in ("mine", "kept", "theirs")]
+    for d in (mine, kept, theirs):
+        d.mkdir(mode=0o700)
+    (kept / wetlite._KEPT_MARKER).write_text("")        # WETLITE_DEBUG kept it for a look
+    if AS_ROOT:
+        os.chown(str(theirs), OTHER_UID, OTHER_UID)
+    wetlite._sweep_dead_temp_dirs(str(tmp_path))
+    assert not mine.exists()
+    assert kept.is_dir()
+    assert theirs.is_dir() == AS_ROOT
+
+
 # -- the worker: start-up, handshake, fork, host death ---------------------------------------------
 
 HOST_PREAMBLE = ("import importlib, os, sys, time; sys.path[:0] = [%r, %r]; "
@@ -669,6 +711,32 @@ def test_the_worker_does_not_outlive_a_host_that_forked(tmp_path, venv_path, how
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+_CALLING_CHILD = HOST_PREAMBLE + textwrap.dedent('''
+    mgr = wetlite.EnvironmentManager(root=sys.argv[1], tool="venv")
+    env = mgr.load("e", sys.argv[2])
+    parent_worker = env.execute("os", "getpid")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(write, b"%d %d" % (os.getpid(), env.execute("os", "getppid", timeout=20)))
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    print(os.read(read, 100).decode(), parent_worker, env.execute("os", "getpid"), flush=True)
+''')
+
+
+def test_a_fork_child_of_the_host_calls_through_a_worker_of_its_own(tmp_path, venv_path):
+    # The child must not talk on its parent's connection: the replies would go astray.
+    out = subprocess.run([sys.executable, "-c", _CALLING_CHILD, str(tmp_path / "root"), venv_path],
+                         stdout=subprocess.PIPE, timeout=90).stdout.decode().split()
+    child, childs_worker_parent, parent_worker, parent_worker_after = [int(x) for x in out]
+    assert childs_worker_parent == child
+    assert parent_worker_after == parent_worker
 
 
 def test_the_lifeline_is_not_inherited_by_what_calls_start(fresh_env, calls):

@@ -5833,13 +5833,15 @@ def _masked_proxies(proxies):
     """Proxies for a message or a log, their passwords hidden."""
     if not isinstance(proxies, dict):
         return proxies
-    masked = {}
-    for key, value in proxies.items():
-        if isinstance(value, str):
-            value = _mask_url(value) if "://" in value else "***@" + value.rpartition("@")[2] if "@" in value \
-                else value
-        masked[key] = value
-    return masked
+    return {key: _mask_proxy(value) if isinstance(value, str) else value for key, value in proxies.items()}
+
+
+def _mask_proxy(value):
+    """A proxy setting with its password hidden; ``user:password@host:port``
+    needs no scheme (urllib, pip and the *_proxy variables take it so)."""
+    if "://" in value:
+        return _mask_url(value)
+    return "***@" + value.rpartition("@")[2] if "@" in value else value
 
 
 def _mambarc_proxies(proxies):
@@ -10651,7 +10653,7 @@ def _shown_environ():
     shown = {}
     for key, value in sorted(os.environ.items()):
         if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-            shown[key] = _masked_proxies({key: value})[key]
+            shown[key] = _mask_proxy(value)
         elif key.startswith("WETLITE_"):
             shown[key] = _mask_url(value)
     return shown
@@ -10793,7 +10795,7 @@ def _download_settings(mgr, url):
         host = url.partition("://")[2].partition("/")[0]
         if proxy and urllib.request.proxy_bypass(host):
             proxy, source = None, "no_proxy"
-    return "%s, %s" % (mirror, "proxy %s (%s)" % (_mask_url(proxy), source) if proxy else
+    return "%s, %s" % (mirror, "proxy %s (%s)" % (_mask_proxy(proxy), source) if proxy else
                        "no proxy" + (" (%s)" % source if source == "no_proxy" else ""))
 
 

@@ -368,6 +368,15 @@ def test_info_masks_proxies_and_the_mirror(tmp_path, monkeypatch, capsys):
     assert "***@bare.example:1080" in out
 
 
+def test_doctor_masks_a_proxy_without_a_scheme(tmp_path, monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "dave:BARE@bare.example:1080")
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="pixi", download_url="https://mirror.example/r")
+    shown = wetlite._download_settings(mgr, "https://mirror.example/r/v0.1.0/pixi.tar.gz")
+    assert "BARE" not in shown and "***@bare.example:1080" in shown
+
+
 @pytest.mark.parametrize("text, shown", [
     ("pip install --index-url https://u:p@h/simple x", "pip install --index-url https://***@h/simple x"),
     ("--proxy=http://u:p@ss@proxy:8080 and http://a:b@c/", "--proxy=http://***@proxy:8080 and http://***@c/"),

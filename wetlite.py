@@ -4001,7 +4001,8 @@ def _check_batch_arguments(argv):
     are refused; write the command as a string of shell code instead, with
     cmd's own escapes, or call the program the batch file wraps.
     """
-    if not argv[0].lower().endswith((".bat", ".cmd")):
+    # Windows drops trailing dots and spaces from a file name: "run.bat." is run.bat.
+    if not argv[0].lower().rstrip(". ").endswith((".bat", ".cmd")):
         return
     for arg in argv[1:]:
         bad = sorted(set(c for c in arg if c in _CMD_SPECIAL))

@@ -1002,7 +1002,7 @@ def test_powershell_scripts_are_written_for_windows_and_not_run_elsewhere(tmp_pa
 @pytest.mark.parametrize("arg", ["a&calc", "x|y", "%PATH%", 'say "hi"', "a^b", "<in", "line\nbreak"])
 def test_batch_files_refuse_arguments_cmd_would_run(tmp_path, arg):
     env = wetlite.EnvironmentManager(root=str(tmp_path), tool="venv").main_environment
-    for name in ("build.bat", "C:\\tools\\Setup.CMD"):
+    for name in ("build.bat", "C:\\tools\\Setup.CMD", "build.bat.", "build.cmd . "):
         with pytest.raises(wetlite.SpecError) as info:
             env.script([[name, "ok", arg]], shell="powershell")
         assert repr(arg) in str(info.value) and "cmd.exe" in str(info.value)

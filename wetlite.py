@@ -7720,14 +7720,19 @@ def _runtime_dir(root):
 
 def _write_runtime(directory, data):
     exists = _check_trusted(directory, "the runtime directory")
-    if exists:
-        _check_trusted(os.path.join(directory, "__pycache__"), "the runtime directory")
+    pycache = os.path.join(directory, "__pycache__")
+    cached = exists and _check_trusted(pycache, "the runtime directory")
     for name, content in (("wetlite.py", data), ("_wetlite_worker.py", _WORKER_BOOT.encode("ascii"))):
         path = os.path.join(directory, name)
         if not (exists and _file_holds(path, content)):
             _atomic_write(path, content)
-    if not exists:
-        os.mkdir(os.path.join(directory, "__pycache__"), 0o700)        # Python would make it 0755
+    if not cached:
+        try:
+            # Python would make it with the umask's mode: group-writable under
+            # umask 002, and the next start would refuse it.
+            os.mkdir(pycache, 0o700)
+        except OSError:
+            pass                        # made meanwhile, or a read-only root where Python cannot make it either
 
 
 def _file_holds(path, content):

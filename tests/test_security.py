@@ -162,6 +162,27 @@ def test_a_planted_runtime_copy_is_replaced_not_run(tmp_path, venv_path):
         assert f.read() == wetlite._self_source()[0]
 
 
+def test_a_runtime_copy_without_its_pycache_gets_a_private_one(tmp_path, venv_path):
+    # Python would make __pycache__ with the umask's mode (775 under umask 002).
+    root = tmp_path / "root"
+    directory = runtime_dir(root)
+    os.makedirs(directory, mode=0o700)
+    with open(os.path.join(directory, "wetlite.py"), "wb") as f:
+        f.write(wetlite._self_source()[0])
+    with open(os.path.join(directory, "_wetlite_worker.py"), "w") as f:
+        f.write(wetlite._WORKER_BOOT)
+    old = os.umask(0o002)
+    try:
+        env = wetlite.EnvironmentManager(root=str(root), tool="venv").load("e", venv_path)
+        try:
+            assert env.execute("os", "getpid") != os.getpid()
+        finally:
+            env.exit()
+    finally:
+        os.umask(old)
+    assert mode(os.path.join(directory, "__pycache__")) == 0o700
+
+
 def test_a_planted_tool_binary_others_can_write_is_refused(tmp_path):
     root = tmp_path / "root"
     binary = root / "bin" / "micromamba"

@@ -7266,14 +7266,16 @@ def _plain(obj, depth=3):
         return True
     if cls is bytes:
         return len(obj) < _SHM_THRESHOLD
-    if cls is tuple or cls is list:
-        items = obj
-    elif cls is dict:
-        items = obj.values()
-    else:
+    if cls is not tuple and cls is not list and cls is not dict:
         return False
     if not depth or len(obj) > 16:
         return False
+    items = obj
+    if cls is dict:
+        for key in obj:                 # a NumPy scalar key needs the neutral form too
+            if type(key) not in _PLAIN_TYPES:
+                return False
+        items = obj.values()
     for item in items:                  # a loop, not all(genexpr): this is on every call
         if type(item) not in _PLAIN_TYPES and not _plain(item, depth - 1):
             return False

@@ -94,6 +94,23 @@ def test_the_pickle_names_no_numpy_module(shm):
                 pool.release([ref[0] for ref in data[2]])
 
 
+def test_numpy_scalars_as_dict_keys_are_neutral_too():
+    # Keys such as np.unique()'s labels: a dict whose values are plain must not
+    # skip the neutral form because of its keys.
+    for obj in ({np.int64(3): "three"}, [{np.float32(0.5): None}], ({np.str_("k"): 1},)):
+        for protocol in (4, 5):
+            payload = wetlite._dumps_payload(obj, protocol, None)
+            assert type(payload) is tuple and b"numpy" not in payload[1], (obj, protocol)
+            back = wetlite._loads_payload(payload, None)
+            assert back == obj and [type(k) for k in _keys(back)] == [type(k) for k in _keys(obj)]
+
+
+def _keys(obj):
+    while not isinstance(obj, dict):
+        obj = obj[0]
+    return list(obj)
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")      # numpy.matrix
 def test_object_arrays_and_subclasses_keep_numpy_pickle():
     matrix = np.asmatrix(np.eye(2))
@@ -279,7 +296,8 @@ def test_arrays_nested_in_containers_and_objects(other):
     small, big = np.arange(6, dtype=">i2").reshape(2, 3), cases.make("complex64", "F", "big")
     value = {"list": [small, (big, {"deep": [np.uint16(7), np.str_("x")]})],
              "object": types.SimpleNamespace(array=big[::2], scalar=np.datetime64("2001-01-01", "D")),
-             "ordered": collections.OrderedDict([("k", np.zeros((0, 2), "U2"))]), "same": [small, small]}
+             "ordered": collections.OrderedDict([("k", np.zeros((0, 2), "U2"))]), "same": [small, small],
+             "keys": {np.int64(3): "three", np.str_("k"): None}}
     back = other.execute(CASES, "nested", (value,))
     assert back["list"][0].dtype == small.dtype and np.array_equal(back["list"][0], small)
     assert back["list"][1][0].flags.f_contiguous and np.array_equal(back["list"][1][0], big)
@@ -289,6 +307,8 @@ def test_arrays_nested_in_containers_and_objects(other):
     assert back["object"].scalar == np.datetime64("2001-01-01", "D")
     assert back["ordered"]["k"].shape == (0, 2) and back["ordered"]["k"].dtype == np.dtype("U2")
     assert back["same"][0] is back["same"][1]                # pickle's memo: one object stays one
+    assert back["keys"] == value["keys"] and [type(k) for k in back["keys"]] == [np.int64, np.str_]
+    assert other.execute(CASES, "nested", ({np.int64(3): "three"},)) == {3: "three"}    # keys alone
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")      # numpy.matrix

@@ -2466,7 +2466,9 @@ def _read_environment_yml(path):
         if "\t" in line[:indent + 1]:
             fail(number, "tabs are not allowed for indentation in YAML")
         text = line.strip()
-        if indent == 0:
+        item_line = text.startswith("- ") or text == "-"
+        # A key's list may start at the key's own column ("dependencies:\n- numpy", as yaml.dump writes it).
+        if indent == 0 and not (item_line and section is not None):
             pip_indent = None
             m = re.match(r"^([A-Za-z_][\w-]*)\s*:\s*(.*)$", text)
             if not m:
@@ -2488,7 +2490,7 @@ def _read_environment_yml(path):
             continue
         if section not in ("channels", "dependencies"):
             continue        # content of an ignored key
-        if not text.startswith("- ") and text != "-":
+        if not item_line:
             fail(number, "expected a list item '- ...'")
         item = text[1:].strip()
         if pip_indent is not None and indent > pip_indent:

@@ -194,6 +194,27 @@ def test_environment_yml_subset(tmp_path):
     assert data["pip"] == ["requests>=2", "-e ./src"]
 
 
+def test_environment_yml_with_unindented_lists(tmp_path):
+    # What yaml.safe_dump writes, and many hand-written files: the list items
+    # of a key at the key's own indentation.
+    path = write(tmp_path / "environment.yml", """\
+        name: demo
+        channels:
+        - conda-forge
+        dependencies:
+        - python=3.11
+        - pip:
+          - requests>=2
+        - numpy
+        variables:
+          X: 1
+        """)
+    data = wetlite._read_environment_yml(path)
+    assert data["channels"] == ["conda-forge"]
+    assert data["dependencies"] == ["python=3.11", "numpy"] and data["pip"] == ["requests>=2"]
+    assert "key: value" in spec_error(wetlite._read_environment_yml, write(tmp_path / "e.yml", "- numpy\n"))
+
+
 @pytest.mark.parametrize("text, needle", [
     ("dependencies:\n  - &anchor numpy\n", "&anchor"),
     ("dependencies:\n  - numpy: 1\n", "numpy: 1"),

@@ -2140,7 +2140,7 @@ def _read_config(path, tool, optional=None, manifest=False):
             _channel, name, constraint = _split_conda_spec(spec)
             name = name.lower()
             if name == "python" and result["python"] is None:
-                result["python"] = _check_python_spec(constraint) if constraint else None
+                result["python"] = _check_python_spec(_without_build(constraint, path)) if constraint else None
             elif name != "pip":         # pip itself: every environment with python gets it
                 result["conda"].append(spec)
         result["pip"] = data["pip"]
@@ -2170,6 +2170,17 @@ def _read_config(path, tool, optional=None, manifest=False):
                 digest.update(f.read())
     result["sha256"] = digest.hexdigest()
     return result
+
+
+def _without_build(constraint, path):
+    """A python constraint without the build string an exported environment.yml
+    pins (``python=3.11.7=h955ad1f_0``): builds belong to the machine it came from."""
+    import re
+    m = re.match(r"^(==?)?(\d[\w.*+!]*)(?:=|\s+)([^=\s]+)\Z", constraint)
+    if not m:
+        return constraint
+    _log().info("%s: python %s, without its build %s", path, m.group(2), m.group(3))
+    return (m.group(1) or "=") + m.group(2)
 
 
 def _check_optional(optional, path):

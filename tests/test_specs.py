@@ -229,6 +229,34 @@ def test_environment_yml_errors(tmp_path, text, needle):
     assert needle in message and path in message or needle in message
 
 
+def test_an_exported_environment_yml(tmp_path):
+    # `micromamba env export` (transcripts 6.3) pins every package to its build,
+    # python too; a build string is no python version, but the file is the
+    # usual way to hand an environment on.
+    path = write(tmp_path / "environment.yml", """\
+        name: 
+        channels:
+          - file:///channel
+        dependencies:
+          - pip=23.2.1=pyh_local_0
+          - python=3.11.7=local_0
+          - wetlite-demo=0.2.0=pyh_local_0
+          - pip:
+            - six==1.17.0
+
+        prefix: "/somewhere/env"
+        """)
+    for tool in ("micromamba", "pixi"):
+        cfg = wetlite._read_config(path, tool)
+        assert (cfg["python"], cfg["conda"], cfg["pip"]) == ("=3.11.7", ["wetlite-demo=0.2.0=pyh_local_0"],
+                                                             ["six==1.17.0"])
+    assert "'wetlite-demo=0.2.0=pyh_local_0'" in spec_error(wetlite._read_config, path, "venv")
+    write(tmp_path / "environment.yml", "dependencies:\n  - python 3.10.4 h12debd9_0\n")
+    assert wetlite._read_config(path, "micromamba")["python"] == "=3.10.4"
+    write(tmp_path / "environment.yml", "dependencies:\n  - conda-forge::python==3.10.4=h12debd9_0\n")
+    assert wetlite._read_config(path, "micromamba")["python"] == "==3.10.4"
+
+
 def test_config_files_by_tool(tmp_path):
     yml = write(tmp_path / "environment.yml", "dependencies:\n  - python=3.10\n  - numpy\n  - pip:\n    - rich\n")
     cfg = wetlite._read_config(yml, "pixi")

@@ -2425,10 +2425,21 @@ def _read_requirements(path, _seen=None):
         try:
             _parse_requirement(requirement)
         except ValueError as exc:
-            raise SpecError("invalid requirement %r in %s line %d: %s" % (requirement, path, number, exc))
+            if not _pip_location(requirement):
+                raise SpecError("invalid requirement %r in %s line %d: %s" % (requirement, path, number, exc))
         entries.append(requirement)
     seen.pop()
     return entries, files
+
+
+def _pip_location(line):
+    """Whether a requirements line is what pip installs without a name: a URL,
+    a VCS link or a local path or archive (``git+https://...``, ``./pkg``)."""
+    import re
+    target = line.split(";")[0].strip()
+    return bool(re.match(r"^[A-Za-z][\w+.-]*://", target) or target.startswith((".", "/", "~"))
+                or "/" in target or os.sep in target
+                or target.endswith((".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2")))
 
 
 def _read_environment_yml(path):
@@ -5294,8 +5305,8 @@ class EnvironmentManager(object):
             if not records or not all(_conda_spec_satisfied(s, records) for s in conda):
                 return None
         requirements = [p for p in pip if not p.startswith("-")]
-        if any(p.startswith(("-e", "--editable")) for p in pip):
-            return None
+        if any(p.startswith(("-e", "--editable")) for p in pip) or any(_pip_location(r) for r in requirements):
+            return None                 # (a URL or a path: what it installs cannot be checked)
         if requirements:
             environment = _marker_environment()
             if not all(_requirement_satisfied(r, environment) for r in requirements):

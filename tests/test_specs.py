@@ -156,6 +156,22 @@ def test_requirements_follow_includes_and_keep_options_and_markers(tmp_path):
     assert files == [main, str(tmp_path / "sub" / "more.txt")]
 
 
+def test_requirements_lines_that_pip_takes_without_a_name(tmp_path):
+    # pip installs a URL, a VCS link or a path given alone on a line; pixi needs "name @ url".
+    lines = ["git+https://github.com/MouseLand/cellpose.git@v3.1.0", "https://example.org/x-1.0-py3-none-any.whl",
+             "./localpkg", ".", "../other/pkg.tar.gz", "wheels/y-2.0-py3-none-any.whl"]
+    req = write(tmp_path / "requirements.txt", "numpy\n" + "\n".join(lines) + "\n")
+    for tool in ("venv", "micromamba"):
+        assert wetlite._read_config(req, tool)["pip"] == ["numpy"] + lines
+    assert not satisfied(tmp_path, None, config=req)
+    for line in lines:
+        assert not satisfied(tmp_path, None, config=write(tmp_path / "one.txt", line + "\n")), line
+    message = spec_error(wetlite.EnvironmentManager(root=str(tmp_path), tool="pixi")._recipe, None, req)
+    assert lines[0] in message and "name @" in message
+    assert "this is >> wrong" in spec_error(wetlite._read_requirements,
+                                            write(tmp_path / "r2.txt", "this is >> wrong\n"))
+
+
 def test_requirements_errors_name_file_and_line(tmp_path):
     bad = write(tmp_path / "requirements.txt", "ok\nthis is >> wrong\n")
     message = spec_error(wetlite._read_requirements, bad)

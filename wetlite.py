@@ -2147,12 +2147,16 @@ def _read_config(path, tool, optional=None, manifest=False):
     else:
         with open(path, "r", encoding="utf-8-sig") as f:
             data = _toml_loads(f.read(), path)
-        pixi = data.get("tool", {}).get("pixi") if kind == "pyproject" else data
-        if manifest and tool == "pixi" and (kind == "pixi" or pixi is not None):
-            result["manifest"] = True
-            result["pixi_env"] = _pixi_env_for(pixi, data, kind, optional, path)
-        else:
-            result.update(_manifest_dependencies(data, kind, optional, path))
+        try:
+            pixi = data.get("tool", {}).get("pixi") if kind == "pyproject" else data
+            if manifest and tool == "pixi" and (kind == "pixi" or pixi is not None):
+                result["manifest"] = True
+                result["pixi_env"] = _pixi_env_for(pixi, data, kind, optional, path)
+            else:
+                result.update(_manifest_dependencies(data, kind, optional, path))
+        except (AttributeError, TypeError) as exc:     # a number or a list where pixi wants a table...
+            raise SpecError("%s does not have the layout of a %s: a value has the wrong type (%s); see the "
+                            "format's reference" % (path, _CONFIG_KINDS[kind], exc))
     if tool == "venv":
         if result["conda"]:
             raise SpecError("%s asks for conda package %r, but the venv tool installs pip packages only; use "
@@ -2227,12 +2231,12 @@ def _manifest_dependencies(data, kind, optional, path):
     pixi = data.get("tool", {}).get("pixi") if kind == "pyproject" else data
     where = os.path.basename(path)
     out = {"python": None, "conda": [], "pip": [], "channels": []}
-    requirements = project.get("dependencies") or []
-    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
-        raise SpecError("%s: [project] dependencies must be a list of requirement strings" % (path,))
-    out["pip"].extend(requirements)
+    out["pip"].extend(_requirement_list(project.get("dependencies"), "[project] dependencies", path))
     if project.get("requires-python"):
-        out["python"] = _check_python_spec(str(project["requires-python"]))
+        if not isinstance(project["requires-python"], str):
+            raise SpecError("%s: requires-python must be a string such as '>=3.10', not %r"
+                            % (path, project["requires-python"]))
+        out["python"] = _check_python_spec(project["requires-python"])
     groups = project.get("optional-dependencies") or {}
     tables, selected = [], []
     if pixi is not None:
@@ -2253,13 +2257,12 @@ def _manifest_dependencies(data, kind, optional, path):
     else:
         selected = list(optional)
     for name in selected:
-        if pixi is not None and name in (pixi.get("feature") or {}):
+        feature = pixi is not None and name in (pixi.get("feature") or {})
+        if name in groups:
+            out["pip"].extend(_requirement_list(groups[name], "optional-dependencies %r" % name, path))
+        if feature:
             tables.append(pixi["feature"][name])
-            if name in groups:
-                out["pip"].extend(groups[name])
-        elif name in groups:
-            out["pip"].extend(groups[name])
-        else:
+        elif name not in groups:
             raise SpecError("%s has no %s %r (groups: %s%s)" % (
                 path, "feature, environment or optional-dependencies group" if pixi is not None else
                 "optional-dependencies group", name, ", ".join(sorted(groups)) or "none",
@@ -2287,6 +2290,15 @@ def _manifest_dependencies(data, kind, optional, path):
                     name if isinstance(name, str) else name.get("channel", ""), directory))
     out["channels"] = _merge_channels(out["channels"])
     return out
+
+
+def _requirement_list(value, what, path):
+    """A pyproject list of requirement strings (None: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise SpecError("%s: %s must be a list of requirement strings, not %r" % (path, what, value))
+    return value
 
 
 def _pixi_target_applies(target, subdir):

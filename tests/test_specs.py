@@ -273,6 +273,28 @@ def test_an_exported_environment_yml(tmp_path):
     assert wetlite._read_config(path, "micromamba")["python"] == "==3.10.4"
 
 
+@pytest.mark.parametrize("name, text", [
+    ("pixi.toml", '[workspace]\nchannels = [5]\n'),
+    ("pixi.toml", '[pypi-dependencies]\nx = { git = 5 }\n'),
+    ("pixi.toml", '[pypi-dependencies]\nx = { path = 5 }\n'),
+    ("pixi.toml", '[pypi-options]\nfind-links = ["./wheels"]\n'),
+    ("pixi.toml", 'dependencies = ["numpy"]\n'),
+    ("pixi.toml", '[target.linux-64]\ndependencies = 5\n[target.osx-arm64]\ndependencies = 5\n'
+                  '[target.win-64]\ndependencies = 5\n[target.linux-aarch64]\ndependencies = 5\n'
+                  '[target.osx-64]\ndependencies = 5\n'),
+    ("pyproject.toml", '[project]\nrequires-python = 3.10\n'),
+    ("pyproject.toml", '[project]\noptional-dependencies = { extra = "six" }\n'),
+    ("pyproject.toml", '[project]\noptional-dependencies = 5\n'),
+    ("pyproject.toml", 'project = 5\n'),
+    ("pyproject.toml", '[tool]\npixi = 5\n'),
+])
+def test_a_manifest_of_the_wrong_shape_is_a_spec_error(tmp_path, name, text):
+    path = write(tmp_path / name, text)
+    for tool in ("micromamba", "venv"):
+        optional = ["extra"] if "optional" in text else None
+        assert path in spec_error(wetlite._read_config, path, tool, optional)
+
+
 def test_config_files_by_tool(tmp_path):
     yml = write(tmp_path / "environment.yml", "dependencies:\n  - python=3.10\n  - numpy\n  - pip:\n    - rich\n")
     cfg = wetlite._read_config(yml, "pixi")

@@ -10163,7 +10163,7 @@ def _wetlands_environment(self, environment):
         return self.main_environment
     if isinstance(environment, Environment):
         return environment
-    text = os.fspath(environment)
+    text = _environment_text(environment)
     if text in self.environments:
         return self.environments[text]
     if _is_path(environment):
@@ -10179,7 +10179,7 @@ def _environment_exists(self, environment):
     """Whether an environment (a name under root, a path, or an Environment) exists on disk."""
     if isinstance(environment, Environment):
         return os.path.isdir(environment.path)
-    text = os.fspath(environment)
+    text = _environment_text(environment)
     if text in self.environments:
         return os.path.isdir(self.environments[text].path)
     if not _is_path(environment):
@@ -10189,6 +10189,13 @@ def _environment_exists(self, environment):
     workspace = os.path.dirname(path) if os.path.isfile(path) else path
     return (os.path.isdir(os.path.join(path, "conda-meta")) or os.path.isfile(os.path.join(path, "pyvenv.cfg"))
             or os.path.isdir(os.path.join(workspace, ".pixi", "envs", "default", "conda-meta")))
+
+
+def _environment_text(value):
+    if not isinstance(value, (str, os.PathLike)):
+        raise SpecError("an environment is given by its name, its path or the Environment itself, not %s %r"
+                        % (type(value).__name__, value))
+    return os.fspath(value)
 
 
 def _is_path(value):

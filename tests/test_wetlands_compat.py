@@ -206,3 +206,6 @@ def test_unsupported_wetlands_names_say_so(tmp_path):
     assert mgr.main_environment.launched()
     with pytest.raises(wetlite.SpecError, match="additional_activate_commands"):
         mgr.main_environment.launch({"all": ["export X=1"]})
+    for method in (mgr.get_installed_packages, mgr.environment_exists, mgr.install):
+        with pytest.raises(wetlite.SpecError, match="its name, its path or the Environment"):
+            method(5)

@@ -6209,7 +6209,7 @@ class _WorkerState(object):
     protocol = 2
     reporter = None             # the running call's progress (a _CallScope), made on its first report
     streams = ()                # sys.stdout and sys.stderr, marking which call prints
-    marked = False              # a stream has marked a call's output, which must be ended
+    after_call = False          # the call has something to close: progress, output marks or a cancel
 
 
 _LEAN = {}
@@ -6381,7 +6381,7 @@ def _tag_output_streams():
 
         def switch(self, call_id):
             self.mark = call_id
-            _WorkerState.marked = True
+            _WorkerState.after_call = True
             io.TextIOWrapper.write(self, "\0wetlite:%s\n" % ("-" if call_id is None else call_id))
 
     streams = []
@@ -6541,6 +6541,7 @@ def _obey(words):
         target = int(words[1])
     elif words[:1] == [b"cancel"] and len(words) == 2:
         _WorkerState.cancelled.add(int(words[1]))      # seen by cancel_requested(), or when it would start
+        _WorkerState.after_call = True
         return
     else:
         return
@@ -6643,7 +6644,7 @@ def _serve_loop(conn, protocol, pool=None, cache=None):
                 reply = _handle(message, protocol, pool, cache)
             finally:
                 state.current = None
-                if state.reporter is not None or state.marked or cancelled:
+                if state.after_call:
                     _end_of_call(call_id)
             if freed:                           # the host's segments this call is done with
                 send(dumps(("release", cache.drain()), protocol))
@@ -6659,6 +6660,7 @@ def _control(message, pool):
     op = message[0]
     if op == "cancel":
         _WorkerState.cancelled.add(message[1])
+        _WorkerState.after_call = True
     elif op == "release":
         pool.release(message[1])
     elif op == "drop":
@@ -6667,18 +6669,20 @@ def _control(message, pool):
 
 
 def _end_of_call(call_id):
-    """Before the reply: the call's last progress report, and the end of its output."""
-    reporter = _WorkerState.reporter
+    """Before the reply: the call's last progress report, the end of its output, its cancel."""
+    state = _WorkerState
+    state.after_call = False
+    reporter = state.reporter
     if reporter is not None:
-        _WorkerState.reporter = None
+        state.reporter = None
         reporter.finish()
-    if _WorkerState.marked:
-        for stream in _WorkerState.streams:
-            if stream.mark is not None:
-                stream.switch(None)
-        _WorkerState.marked = False
-    if _WorkerState.cancelled:
-        _WorkerState.cancelled.discard(call_id)
+    for stream in state.streams:
+        if stream.mark is not None:
+            stream.switch(None)
+    state.after_call = False                    # (switch set it)
+    if state.cancelled:
+        state.cancelled.discard(call_id)
+        state.after_call = bool(state.cancelled)
 
 
 def _handle(message, protocol, pool, cache):
@@ -6688,16 +6692,24 @@ def _handle(message, protocol, pool, cache):
     stage = "arguments"
     kind = "ok"
     try:
-        if op == "call" or op == "ref" or op == "script" or op == "set":
+        if op == "call":                        # the hot path
+            payload = message[4]
+            if type(payload) is tuple:
+                args, kwargs = _loads_payload(payload, cache)
+            else:
+                args, kwargs = pickle.loads(payload)
+            stage = "call"
+            result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
+            stage = "result"
+            return pickle.dumps(("ok", call_id, _dumps_payload(result, protocol, pool)), protocol)
+        if op == "ref" or op == "script" or op == "set":
             payload = message[-1]
             if type(payload) is tuple:
                 args, kwargs = _loads_payload(payload, cache)
             else:
                 args, kwargs = pickle.loads(payload)
             stage = "call"
-            if op == "call":
-                result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
-            elif op == "ref":
+            if op == "ref":
                 result = _call_on_main_thread(_resolve(message[2], message[3]), args, kwargs)
                 _WorkerState.objects[call_id] = result
                 kind, result = "ref", _describe(result, True)
@@ -8922,6 +8934,7 @@ def _current_scope():
     scope = _WorkerState.reporter
     if scope is None or scope.call_id != call_id:
         scope = _WorkerState.reporter = _CallScope(call_id, _send_progress)
+        _WorkerState.after_call = True
     return scope
 
 

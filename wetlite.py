@@ -8900,11 +8900,12 @@ class _CallScope(object):
         self.clock = time.monotonic
 
     def flush(self):
-        """Send the latest report, unless sent already; False if its turn has not come yet."""
+        """Send the latest report: True if sent, False if its turn has not come yet, None if there is
+        nothing new."""
         with self.lock:
             values = self.latest
             if values is self.sent or self.done:
-                return True
+                return None
             now = self.clock()
             if now < self.next_at:
                 return False
@@ -8953,8 +8954,9 @@ def report_progress(current=None, total=None, message=None):
         if scope is None:
             return
     scope.latest = (current, total, message)
-    if (scope.clock() < scope.next_at or not scope.flush()) and not scope.armed:
-        scope.armed = True
+    if not scope.armed:                     # the first report of a burst goes now, if its turn has come;
+        scope.armed = True                  # then the flusher sends the latest one each interval
+        scope.flush()
         _flush_later(scope)
 
 
@@ -9017,9 +9019,12 @@ def _run_flusher(wake, armed):
             if delay > 0:
                 time.sleep(delay)
             del armed[0]
-            scope.armed = False
-            if not scope.flush() and not scope.armed:      # another thread sent one just now
-                scope.armed = True
+            if scope.flush() is not None:
+                armed.append(scope)                         # sent (or just sent by another): next interval
+                continue
+            scope.armed = False                             # nothing new: the burst is over
+            if scope.latest is not scope.sent and not scope.done and not scope.armed:
+                scope.armed = True                          # (a report came meanwhile)
                 armed.append(scope)
 
 

@@ -416,6 +416,9 @@ _HOLDER = textwrap.dedent("""
 def test_a_lock_wait_times_out_naming_the_holder(tmp_path, monkeypatch):
     mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
     lock = os.path.join(str(tmp_path / "root"), "state", "locks", "env-k9.lock")
+    os.makedirs(os.path.dirname(lock))
+    with open(lock, "w") as f:
+        f.write("%d\n" % (10 ** 30))       # a longer line from an earlier holder: the file is not truncated
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, REPO, HERE, lock], stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"held\n"

@@ -10994,10 +10994,14 @@ def main(argv=None):
     if argv == ["serve"]:
         return _serve()             # the worker's start is a hot path: no argparse
     parser = _build_parser()
-    # Everything after the first "--" is the user's command, passed on verbatim.
-    cmd = argv[argv.index("--") + 1:] if "--" in argv else None
+    cmd = None
     try:
-        args, extra = parser.parse_known_args(argv[:argv.index("--")] if cmd is not None else argv)
+        args, extra = parser.parse_known_args(argv)
+        if args.command in ("run", "script") and "--" in argv:
+            # Everything after the first "--" is the user's command, passed on verbatim.  For the
+            # other commands "--" stays argparse's own end of options: call NAME MODULE FUNC -- -1.
+            cmd = argv[argv.index("--") + 1:]
+            args, extra = parser.parse_known_args(argv[:argv.index("--")])
         if extra and args.command in ("run", "script") and cmd is None:
             import shlex
             parser.exit(2, "wetlite %s: error: put -- before the command: wetlite %s %s -- %s\n"

@@ -223,6 +223,13 @@ def test_one_word_after_dashes_is_shell_code_several_are_verbatim(capsys, cli_ro
     assert run_main(capsys, "--root", cli_root, "run", "cli", "--", "exit 3")[0] == 3
 
 
+def test_dashes_end_the_options_of_the_other_commands(capsys, cli_root):
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "math", "fabs", "--", "-2.5")
+    assert (code, out) == (0, "2.5\n"), err            # the argument after -- was dropped
+    code, out, err = run_main(capsys, "--root", cli_root, "list", "--", "extra")
+    assert code == 2 and "unrecognized arguments: " in err and "extra" in err      # not ignored
+
+
 # --- errors speak CLI ------------------------------------------------------------------
 
 def test_cli_errors_give_cli_advice_and_a_short_recipe_diff(capsys, cli_root):

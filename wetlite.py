@@ -10441,6 +10441,7 @@ _CLI_ADVICE = (
     (r"\btool='(\w+)' or '(\w+)'", r"--tool \1 or \2"),
     (r"\btool='(\w+)'", r"--tool \1"),
     (r"\bconfig=(?=[,;. ])", "--file"),
+    (r"\(root= or ", "(--root or "),
 )
 
 
@@ -10764,10 +10765,10 @@ def _cmd_doctor(args):
     """
     mgr = _manager(args)
     info = _info(mgr)
-    problems = []               # (what is wrong, what to do)
+    problems = []               # (what is wrong, what to do or None if it says so)
     print("wetlite %s on %s (%s)" % (info["wetlite"], info["platform"], info["system"]))
     print("python   %s (%s)" % (info["python"], info["python_executable"]))
-    _doctor_root(mgr.root, problems)
+    _doctor_root(mgr, problems)
     tool_usable = _doctor_tool(mgr, info, args.offline, problems)
     _doctor_interpreters()
     _doctor_temp(problems)
@@ -10776,7 +10777,7 @@ def _cmd_doctor(args):
     if problems:
         print("problems (%d):" % len(problems))
         for what, fix in problems:
-            print("  - %s: %s" % (what, fix))
+            print("  - %s" % (what if fix is None else what + ": " + fix))
         print("doctor: %s" % ("wetlite cannot work here" if fatal else
                               "wetlite works here, with the problems above"))
     else:
@@ -10785,10 +10786,10 @@ def _cmd_doctor(args):
     return 1 if fatal else 0
 
 
-def _doctor_root(root, problems):
-    """Can environments be created under root?"""
+def _doctor_root(mgr, problems):
+    """Can environments be created under root, and does wetlite trust it?"""
     import tempfile
-    existing = root
+    root = existing = mgr.root
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)       # the nearest part that exists: root would be made there
     try:
@@ -10800,6 +10801,12 @@ def _doctor_root(root, problems):
         problems.append(("root %s is not writable" % root,
                          "creating environments will fail; use --root or WETLITE_ROOT to choose a writable "
                          "directory (environments that exist there still run)"))
+        return
+    try:
+        mgr._checked_root(create=False)         # the trust check every command makes
+    except WetliteError as exc:
+        print("root     %s: REFUSED" % root)
+        problems.append((_cli_advice(str(exc)), None))          # it says what to do
         return
     print("root     %s: writable%s" % (root, "" if existing == root else " (will be created)"))
 
@@ -10834,17 +10841,24 @@ def _doctor_tool(mgr, info, offline, problems):
         print("tool     %s: not installed yet; download check skipped (--offline); it would come from %s, %s"
               % (label, _mask_url(url), settings))
         return False
-    answer = _probe_url(url, mgr.proxies)
+    status, answer = _probe_url(url, mgr.proxies)
+    if status == 404 and mgr.tool == "micromamba":
+        status, answer = _probe_url(url + ".tar.bz2", mgr.proxies)     # what an install falls back to
     if answer is None:
         print("tool     %s: not installed yet; its download source answers (%s, %s)" % (label, _mask_url(url),
                                                                                       settings))
         return True
-    print("tool     %s: not installed yet, and its download source is NOT reachable: %s (%s, %s)"
-          % (label, answer, _mask_url(url), settings))
+    # A status is an answer: the source is reachable but does not serve the asset.
+    failure = ("%s answers %s" if status else "%s is NOT reachable (%s)") % (_mask_url(url), answer)
+    print("tool     %s: not installed yet, and it cannot be downloaded: %s (%s)" % (label, failure, settings))
+    mirror = mgr.download_url != _RELEASE_URLS.get(mgr.tool)
     problems.append((
-        "%s cannot be downloaded: %s is not reachable (%s)" % (mgr.tool, _mask_url(url), answer),
-        "set %s to a mirror, https_proxy to a proxy, or %s to a %s binary you have; or use --tool venv "
-        "(pip-only environments from local interpreters)" % (_ENV_DOWNLOAD_URL, _ENV_TOOL_PATHS[mgr.tool], mgr.tool)))
+        "%s cannot be downloaded: %s" % (mgr.tool, failure),
+        "%s, or set %s to a %s binary you have; or use --tool venv (pip-only environments from local interpreters)"
+        % ("check that the mirror serves %s/%s" % (mgr.tool_version, asset) if mirror and status else
+           "check the mirror and proxy settings above" if mirror else
+           "set %s to a mirror or https_proxy to a proxy" % _ENV_DOWNLOAD_URL,
+           _ENV_TOOL_PATHS[mgr.tool], mgr.tool)))
     return False
 
 
@@ -10870,23 +10884,24 @@ def _download_settings(mgr, url):
 
 
 def _probe_url(url, proxies):
-    """None if ``url`` answers within _DOCTOR_URL_TIMEOUT, else why not (its body is not read)."""
+    """``(None, None)`` if ``url`` can be fetched (its body is not read), else ``(HTTP status or None, why
+    not)``, within _DOCTOR_URL_TIMEOUT."""
     import threading
     outcome = []
 
     def probe():
         try:
             _urlopen(url, proxies=proxies, timeout=_DOCTOR_URL_TIMEOUT).close()
-            outcome.append(None)
+            outcome.append((None, None))
         except Exception as exc:            # HTTPError, URLError, timeouts, bad proxies: all are answers here
             code = getattr(exc, "code", None)
-            outcome.append("HTTP %s" % code if code else str(getattr(exc, "reason", None) or exc))
+            outcome.append((code, "HTTP %s" % code) if code else (None, str(getattr(exc, "reason", None) or exc)))
     # In a thread: a name lookup does not honour the socket timeout.
     thread = threading.Thread(target=probe, name="wetlite-doctor-probe")
     thread.daemon = True
     thread.start()
     thread.join(_DOCTOR_URL_TIMEOUT + 1)
-    return outcome[0] if outcome else "no answer within %d s" % _DOCTOR_URL_TIMEOUT
+    return outcome[0] if outcome else (None, "no answer within %d s" % _DOCTOR_URL_TIMEOUT)
 
 
 def _doctor_interpreters():

@@ -106,7 +106,7 @@ def test_doctor_reports_an_unreachable_source_as_a_problem_not_a_failure(tmp_pat
     code, out, err = doctor(tmp_path, WETLITE_DOWNLOAD_URL=closed + "/mirror",
                             https_proxy="http://bob:PROXYPASS@127.0.0.1:9")
     assert code == 0, out + err
-    assert "all checks passed" not in out and "NOT reachable" in out
+    assert "all checks passed" not in out and "is NOT reachable" in out
     assert "worker   ok" in out
     problems = out[out.index("problems (1):"):]
     assert "pixi cannot be downloaded" in problems and "WETLITE_PIXI" in problems and "--tool venv" in problems
@@ -138,6 +138,45 @@ def test_doctor_fails_only_when_nothing_can_work(tmp_path, monkeypatch, capsys):
         assert wetlite.main(["--root", root, "--tool", "pixi", "doctor"]) == 0
     out = capsys.readouterr().out
     assert "problems (1):" in out and "wetlite works here, with the problems above" in out
+
+
+@pytest.fixture
+def quick_doctor(monkeypatch, capsys):
+    """doctor(*argv) -> (code, out) in-process, the throwaway build skipped (the tests above run it for real)."""
+    monkeypatch.setattr(wetlite, "_doctor_local", lambda problems: None)
+    for name in ("WETLITE_PIXI", "WETLITE_MICROMAMBA", "WETLITE_TOOL", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def doctor(*argv):
+        code = wetlite.main(list(argv) + ["doctor"])
+        return code, capsys.readouterr().out
+    return doctor
+
+
+def test_doctor_refuses_the_root_every_command_refuses(tmp_path, quick_doctor):
+    root = tmp_path / "root"
+    root.mkdir()
+    root.chmod(0o777)
+    assert wetlite.main(["--root", str(root), "--tool", "venv", "list"]) == 1
+    code, out = quick_doctor("--root", str(root), "--tool", "venv")
+    assert code == 0 and "all checks passed" not in out
+    assert "root     %s: REFUSED" % root in out
+    problems = out[out.index("problems (1):"):]
+    assert "mode 777" in problems and "(--root or WETLITE_ROOT)" in problems and "root=" not in problems
+
+
+def test_doctor_tells_a_missing_asset_from_an_unreachable_source(tmp_path, quick_doctor, monkeypatch):
+    root = str(tmp_path / "root")
+    with FileServer() as server:
+        monkeypatch.setenv("WETLITE_DOWNLOAD_URL", server.url)
+        code, out = quick_doctor("--root", root, "--tool", "pixi")
+        assert code == 0 and "answers HTTP 404" in out and "NOT reachable" not in out
+        assert "check that the mirror serves %s/" % wetlite.PIXI_VERSION in out
+        # micromamba installs from its .tar.bz2 package when the raw binary is not there: that is fine.
+        asset = wetlite._tool_asset("micromamba", *wetlite._platform_id())
+        server.add("/%s/%s.tar.bz2" % (wetlite.MICROMAMBA_VERSION, asset), b"only asked for")
+        code, out = quick_doctor("--root", root, "--tool", "micromamba")
+        assert code == 0 and "its download source answers" in out and "all checks passed" in out, out
 
 
 def test_main_leaves_logging_as_it_found_it(capsys, tmp_path):

@@ -5232,7 +5232,7 @@ class EnvironmentManager(object):
         """The message for an environment that exists on record but cannot be used."""
         if status == "broken":
             return ("environment %r cannot be used: its record %s; remove it with mgr.remove(%r) (this deletes %s), "
-                    "then create it again" % (name, problem, name, self._env_dir(name)))
+                    "then create it again" % (name, problem, name, self._broken_dir(name)))
         if status == "half-built":
             return ("environment %r is half-built: %s (another process may be building it now, or a build was "
                     "interrupted); mgr.create(%r, ...) builds it again, mgr.remove(%r) deletes it"
@@ -5262,6 +5262,13 @@ class EnvironmentManager(object):
     def _owns(self, directory):
         """Is ``directory`` inside root (so that wetlite may delete it)?"""
         return isinstance(directory, str) and os.path.abspath(directory).startswith(os.path.join(self.root, ""))
+
+    def _broken_dir(self, name):
+        """The directory of an environment whose record cannot be read: this manager's tool's, or the
+        other layout's if only that one exists (the record was written by a manager with another tool)."""
+        mine = self._env_dir(name)
+        other = self._env_dir(name, "venv" if self.tool == "pixi" else "pixi")
+        return other if not os.path.lexists(mine) and os.path.lexists(other) else mine
 
     def _discard(self, name, record):
         """Delete a managed environment's files and record (only inside root)."""
@@ -5389,7 +5396,7 @@ class EnvironmentManager(object):
             elif problem is not None:
                 if not replace:
                     raise SpecError(self._unusable(name, "broken", problem) + ", or pass replace=True to rebuild it")
-                record = {}
+                record = {"dir": self._broken_dir(name)}
             elif os.path.lexists(self._env_dir(name)):
                 raise SpecError(
                     "%s exists but was not created by wetlite (there is no record of it); remove it, choose "
@@ -5751,7 +5758,7 @@ class EnvironmentManager(object):
                 if env is None:
                     raise self._no_such(name)
                 return
-            self._discard(name, record or {})
+            self._discard(name, record or {"dir": self._broken_dir(name)})
         _log().info("removed environment %r", name, extra={"env_name": name})
 
     def gc(self, dry_run=False):

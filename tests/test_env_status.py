@@ -139,6 +139,19 @@ def test_a_bad_record_is_listed_as_broken_and_removable(good, text, why):
     assert statuses(fresh) == {"good": "ready"}
 
 
+def test_a_bad_record_of_another_tool_is_removed_with_its_files(tmp_path):
+    # Written by a venv manager (envs/NAME); the CLI's default tool is pixi (workspaces/NAME).
+    root = str(tmp_path / "root")
+    env = wetlite.EnvironmentManager(root=root, tool="venv").create("other", force_external=True)
+    with open(record_path(env.manager, "other"), "w") as f:
+        f.write('{"name": "other", "tool": "ve')
+    pixi = wetlite.EnvironmentManager(root=root, tool="pixi")
+    assert env.path in pixi.list()[0]["problem"]        # "this deletes" the directory that is there
+    pixi.remove("other")
+    assert not os.path.exists(env.path) and pixi.list() == []
+    assert wetlite.EnvironmentManager(root=root, tool="venv").create("other", force_external=True).path == env.path
+
+
 def test_replace_rebuilds_over_a_broken_record(good):
     with open(record_path(good, "good"), "w") as f:
         f.write('{"name": "good", "to')

@@ -5729,8 +5729,23 @@ class EnvironmentManager(object):
         return found
 
     def info(self, name):
-        """What :meth:`list` says of ``name``, plus its ``recipe`` and ``manifest`` (SpecError if unknown)."""
+        """What :meth:`list` says of ``name``, plus its ``recipe`` and ``manifest`` (SpecError if unknown).
+
+        A name this manager loaded, or gave the host's interpreter (tool "main"),
+        has no record: it is described as :meth:`get` finds it, with no recipe.
+        """
         _check_env_name(name)
+        env = self.environments.get(name)
+        if env is not None and not env.managed:
+            try:
+                env._check_present()
+                status, problem = "ready", None
+            except SpecError as exc:
+                status, problem = "missing", str(exc)
+            return {"name": name, "status": status, "problem": problem, "tool": env.tool, "path": env.path,
+                    "python_version": "%d.%d.%d" % sys.version_info[:3] if env.tool == "main" else None,
+                    "created": None, "installed": [], "recipe": None, "recipe_hash": None,
+                    "manifest": env.manifest, "python": env.python}
         found = [e for e in self.list() if e["name"] == name]
         if not found:
             raise self._no_such(name)

@@ -95,8 +95,10 @@ def test_a_loaded_environment_that_moved_refuses(tmp_path):
     mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
     env = mgr.load("mine", venv)
     assert env.run([["python", "-c", "print(1)"]]).stdout == "1\n"
+    assert (mgr.info("mine")["status"], mgr.info("mine")["path"]) == ("ready", venv)
     shutil.rmtree(venv)
     assert_every_operation_refuses(env, venv, "mgr.load('mine'")
+    assert mgr.info("mine")["status"] == "missing" and venv in mgr.info("mine")["problem"]
 
 
 # --- bad records (issue 11, item 10) ------------------------------------------------
@@ -211,6 +213,8 @@ def test_the_host_is_registered_under_the_requested_name_and_says_why(tmp_path, 
     message = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
     assert "'hostlike'" in message and sys.executable in message
     assert "pytest" in message and "force_external=True" in message
+    info = mgr.info("hostlike")             # get() finds it, so info() describes it
+    assert (info["status"], info["tool"], info["python"], info["recipe"]) == ("ready", "main", sys.executable, None)
     mgr.remove("hostlike")                  # only forgotten
     with pytest.raises(wetlite.SpecError):
         mgr.get("hostlike")

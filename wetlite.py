@@ -5237,8 +5237,8 @@ class EnvironmentManager(object):
             return ("environment %r is half-built: %s (another process may be building it now, or a build was "
                     "interrupted); mgr.create(%r, ...) builds it again, mgr.remove(%r) deletes it"
                     % (name, problem, name, name))
-        return ("environment %r is missing: %s does not exist (deleted outside wetlite?); mgr.create(%r, ...) "
-                "builds it again, mgr.remove(%r) forgets it" % (name, problem, name, name))
+        return ("environment %r is missing: %s; mgr.create(%r, ...) builds it again, mgr.remove(%r) cleans it up"
+                % (name, problem, name, name))
 
     def _no_such(self, name):
         known = ", ".join(e["name"] for e in self.list() if e["status"] == "ready") or "none"
@@ -5779,9 +5779,9 @@ class EnvironmentManager(object):
     def gc(self, dry_run=False):
         """Remove what nothing under root needs any more, and return it.
 
-        That is: half-built environments that no process is building, the
-        records of missing ones, staging dirs of tool installs that no process
-        is running (``bin/.install-*``), and the runtime copies of other
+        That is: half-built environments that no process is building, missing
+        ones (their record and what is left of their files), staging dirs of
+        tool installs that no process is running (``bin/.install-*``), and the runtime copies of other
         wetlite versions (``state/runtime/<hash>``) that no worker uses.  Ready
         and broken environments are left alone: :meth:`remove` deletes those.
         Returns ``[{"path", "what", "size"}]``; with ``dry_run`` nothing is
@@ -6031,7 +6031,10 @@ def _record_status(record):
         return "half-built", "its build did not finish (state %r)" % record["state"]
     for path in (record["prefix"], record["python"], record.get("manifest")):
         if path and not os.path.exists(path):
-            return "missing", path
+            if os.path.islink(path):        # a venv's python, once the Python it was made from is gone
+                return "missing", "%s links to %s, which does not exist (was that Python removed or upgraded?)" % (
+                    path, os.path.realpath(path))
+            return "missing", "%s does not exist (deleted outside wetlite?)" % path
     return "ready", None
 
 

@@ -141,17 +141,38 @@ def test_a_bad_record_is_listed_as_broken_and_removable(good, text, why):
     assert statuses(fresh) == {"good": "ready"}
 
 
-def test_a_bad_record_of_another_tool_is_removed_with_its_files(tmp_path):
+def test_a_bad_record_of_another_tool_is_removed_with_its_files(good):
     # Written by a venv manager (envs/NAME); the CLI's default tool is pixi (workspaces/NAME).
-    root = str(tmp_path / "root")
-    env = wetlite.EnvironmentManager(root=root, tool="venv").create("other", force_external=True)
-    with open(record_path(env.manager, "other"), "w") as f:
+    directory = os.path.join(good.root, "envs", "other")
+    os.makedirs(os.path.join(directory, "bin"))
+    with open(record_path(good, "other"), "w") as f:
         f.write('{"name": "other", "tool": "ve')
-    pixi = wetlite.EnvironmentManager(root=root, tool="pixi")
-    assert env.path in pixi.list()[0]["problem"]        # "this deletes" the directory that is there
+    pixi = wetlite.EnvironmentManager(root=good.root, tool="pixi")
+    assert directory in {e["name"]: e for e in pixi.list()}["other"]["problem"]     # "this deletes" what is there
     pixi.remove("other")
-    assert not os.path.exists(env.path) and pixi.list() == []
-    assert wetlite.EnvironmentManager(root=root, tool="venv").create("other", force_external=True).path == env.path
+    assert not os.path.exists(directory) and statuses(pixi) == {"good": "ready"}    # create may build it again
+
+
+def test_a_venv_whose_base_python_is_gone_is_missing_and_says_so(good, tmp_path):
+    env = good.get("good")
+    link = env.python                       # bin/python (-> python3) -> the base interpreter
+    while not os.path.isabs(os.readlink(link)):
+        link = os.path.join(os.path.dirname(link), os.readlink(link))
+    target = os.readlink(link)
+    gone = str(tmp_path / "uninstalled" / "python3")
+    os.remove(link)
+    os.symlink(gone, link)                  # as the link is once its base Python is uninstalled
+    try:
+        listed = good.list()
+        assert listed[0]["status"] == "missing"
+        problem = listed[0]["problem"]
+        assert "%s links to %s, which does not exist" % (env.python, gone) in problem, problem
+        assert "deleted outside wetlite" not in problem and "mgr.remove('good') cleans it up" in problem
+        assert [item["path"] for item in good.gc(dry_run=True)] == [env.path]   # what is left goes too
+    finally:
+        os.remove(link)
+        os.symlink(target, link)
+    assert statuses(good) == {"good": "ready"}
 
 
 def test_replace_rebuilds_over_a_broken_record(good):

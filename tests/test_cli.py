@@ -388,6 +388,40 @@ def test_list_has_a_header_status_tool_python_and_sizes(capsys, cli_root):
     assert listed[0]["size"] > 1000000                  # a venv with pip is megabytes
 
 
+OTHER_HOST = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import wetlite
+mgr = wetlite.EnvironmentManager(root=sys.argv[2], tool="venv")
+env = mgr.load("borrowed", sys.argv[3])
+print(env.execute("os", "getpid"), flush=True)
+sys.stdin.read()
+mgr.exit()
+"""
+
+
+def test_gc_leaves_the_runtime_copy_of_another_version_while_its_host_runs_workers(tmp_path, cli_root):
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(os.path.join(REPO, "wetlite.py"), "rb") as f:
+        (other / "wetlite.py").write_bytes(f.read() + b"\n# another version of wetlite\n")
+    root = str(tmp_path / "root")
+    prefix = wetlite.EnvironmentManager(root=cli_root).list()[0]["path"]
+    host = subprocess.Popen([sys.executable, "-c", OTHER_HOST, str(other), root, prefix], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    try:
+        assert int(host.stdout.readline()) > 0          # its worker runs from its own runtime copy
+        runtime = os.path.join(root, "state", "runtime")
+        copies = [d for d in os.listdir(runtime) if not d.endswith(".in-use")]
+        assert len(copies) == 1
+        mgr = wetlite.EnvironmentManager(root=root, tool="venv")
+        assert mgr.gc() == [] and copies[0] in os.listdir(runtime)
+    finally:
+        host.communicate(b"", timeout=60)
+    assert host.returncode == 0
+    assert [item["path"] for item in mgr.gc()] == [os.path.join(runtime, copies[0])]     # unused now
+
+
 HOLD = r"""
 import fcntl, sys
 f = open(sys.argv[1], "a+b")

@@ -10529,6 +10529,8 @@ def _cmd_list(args):
     import json
     mgr = _manager(args)
     envs = mgr.list(sizes=args.sizes)
+    for e in envs:
+        e["problem"] = e["problem"] and _cli_advice(e["problem"])
     if args.json:
         print(json.dumps(envs, indent=2))
         return 0
@@ -10543,7 +10545,7 @@ def _cmd_list(args):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     for e in envs:
         if e["problem"]:
-            _eprint("wetlite: %s" % _cli_advice(e["problem"]))
+            _eprint("wetlite: %s" % e["problem"])
     if args.sizes:
         print("%s in all under %s (environments, tools, package caches, logs)"
               % (_human_bytes(_tree_size(mgr.root)), mgr.root))
@@ -10759,6 +10761,8 @@ def _cmd_info(args):
     import json
     mgr = _manager(args)
     info = mgr.info(args.name) if args.name else _info(mgr)
+    if info.get("problem"):
+        info["problem"] = _cli_advice(info["problem"])
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -10767,8 +10771,8 @@ def _cmd_info(args):
             value = ", ".join("%s=%s" % kv for kv in value.items()) or "(no WETLITE_* or proxy variables)"
         elif key == "installed":
             value = "".join("\n  " + json.dumps(item, sort_keys=True) for item in value) or "(nothing since creation)"
-        elif key == "problem" and value:
-            value = _cli_advice(value)
+        elif key == "problem" and value is None:
+            value = "(none)"
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         print("%-18s %s" % (key + ":", value))

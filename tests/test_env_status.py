@@ -62,6 +62,11 @@ def test_a_deleted_environment_refuses_every_operation(tmp_path, capsys):
     assert wetlite.main(["--root", root, "run", "py", "--", "python", "-c", "print(1)"]) == 1
     err = capsys.readouterr().err
     assert "is missing" in err and env.path in err and "wetlite create py" in err and "wetlite remove py" in err
+    for argv in (["list", "--json"], ["info", "py", "--json"]):         # JSON for the command line speaks it too
+        assert wetlite.main(["--root", root] + argv) == 0
+        listed = json.loads(capsys.readouterr().out)
+        problem = (listed[0] if argv[0] == "list" else listed)["problem"]
+        assert "wetlite remove py" in problem and "mgr." not in problem, problem
     mgr.remove("py")
     assert mgr.list() == [] and not os.path.exists(record_path(mgr, "py"))
 

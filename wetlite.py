@@ -10414,9 +10414,9 @@ def _build_parser():
 
     p = sub.add_parser("map", help="call a function once per input line and print one JSON result per line",
                        usage="wetlite map NAME MODULE FUNC [--workers N] [--unordered] [--timeout S] < JSON_LINES")
-    p.add_argument("name")
-    p.add_argument("module", help="a dotted module name, or a path to a .py file")
-    p.add_argument("function", help="a function (or dotted attribute path) of the module")
+    p.add_argument("name", metavar="NAME", help=_NAME_HELP)
+    p.add_argument("module", metavar="MODULE", help="a dotted module name, or a path to a .py file")
+    p.add_argument("function", metavar="FUNC", help="a function (or dotted attribute path) of the module")
     p.add_argument("--workers", default="1", metavar="N", help="how many workers (default 1; 'auto': one per CPU)")
     p.add_argument("--unordered", action="store_true", help="print results as they finish, not in input order")
     p.add_argument("--timeout", type=float, help="seconds before each call is stopped")

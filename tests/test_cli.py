@@ -367,7 +367,11 @@ def test_call_usage_shows_timeout_and_names_have_help(capsys):
     assert code == 0
     assert out.splitlines()[0] == "usage: wetlite call NAME MODULE FUNC [JSON_ARG...] [--kwargs JSON] [--timeout S]"
     assert "faithful JSON" in out
-    for command in ("run", "call", "script", "remove", "create"):
+    import argparse
+    commands = next(a for a in wetlite._build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    named = [c for c, p in commands.items() if any(a.dest == "name" and a.required for a in p._actions)]
+    assert {"run", "call", "script", "remove", "create", "map"} <= set(named)      # every command that takes one
+    for command in named:
         code, out, err = run_main(capsys, command, "--help")
         help_line = [line for line in out.splitlines() if line.strip().startswith("NAME ")]
         assert help_line and "name" in help_line[0].lower().split("name", 1)[1], (command, out)

@@ -809,6 +809,79 @@ def test_launch_of_a_worker_that_dies_reports_exit_code_and_stderr(fresh, monkey
     assert "5" in str(info.value)
 
 
+# A worker that gets through the authentication and then misbehaves; the first
+# argument is where it writes its pid, the second what it does next.
+SILENT_WORKER = """
+import os, pickle, sys, time
+from multiprocessing.connection import Client
+family, key, lifeline, host, address = os.environ["WETLITE_WORKER"].split("|", 4)
+if family == "AF_INET":
+    address = (address.rsplit(":", 1)[0], int(address.rsplit(":", 1)[1]))
+conn = Client(address, family=family, authkey=bytes.fromhex(key))
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+if sys.argv[2] == "silent":
+    time.sleep(120)
+elif sys.argv[2] == "not-a-hello":
+    conn.send_bytes(pickle.dumps(("good day", 1), 2))
+    time.sleep(120)
+conn.close()
+"""
+
+
+def _misbehaving_worker(e, tmp_path, monkeypatch, what):
+    """Make ``e`` start SILENT_WORKER doing ``what``; return the file that will hold its pid."""
+    pid_file = str(tmp_path / ("%s.pid" % what))
+    monkeypatch.setattr(e, "_worker_argv", lambda: [e.python, "-c", SILENT_WORKER, pid_file, what])
+    return pid_file
+
+
+def _pid_in(pid_file):
+    with open(pid_file) as f:
+        return int(f.read())
+
+
+def test_launch_of_a_worker_that_connects_but_never_says_hello_times_out(fresh, tmp_path, monkeypatch):
+    e = fresh()
+    pid_file = _misbehaving_worker(e, tmp_path, monkeypatch, "silent")
+    start = time.monotonic()
+    with pytest.raises(wetlite.WorkerDied) as info:
+        e.launch(timeout=2)
+    assert time.monotonic() - start < HANG              # did not wait for the worker's 120 s sleep
+    assert "did not say hello within 2" in str(info.value) and repr(e.name) in str(info.value)
+    pid = _pid_in(pid_file)                             # it did connect: it wrote this after the handshake
+    try:
+        assert wait_gone(pid, HANG), "the silent worker was left running"
+    finally:
+        reap(pid)
+    monkeypatch.undo()
+    assert e.execute("operator", "add", (2, 2)) == 4    # the next call starts a real worker
+
+
+def test_launch_of_a_worker_that_hangs_up_before_its_hello(fresh, tmp_path, monkeypatch):
+    e = fresh()
+    pid_file = _misbehaving_worker(e, tmp_path, monkeypatch, "hang-up")
+    with pytest.raises(wetlite.WorkerDied) as info:
+        e.launch(timeout=HANG)
+    assert "closed the connection before saying hello" in str(info.value)
+    assert os.path.exists(pid_file)                   # it did connect first
+    monkeypatch.undo()
+    assert e.execute("operator", "add", (2, 3)) == 5
+
+
+def test_launch_of_a_worker_that_sends_something_else_than_a_hello(fresh, tmp_path, monkeypatch):
+    e = fresh()
+    pid_file = _misbehaving_worker(e, tmp_path, monkeypatch, "not-a-hello")
+    with pytest.raises(wetlite.ProtocolError) as info:
+        e.launch(timeout=HANG)
+    assert "instead of a hello" in str(info.value) and "good day" in str(info.value)
+    pid = _pid_in(pid_file)
+    try:
+        assert wait_gone(pid, HANG), "the worker that sent no hello was left running"
+    finally:
+        reap(pid)
+
+
 def _serve_manually(python, runtime_dir, listener_key, worker_key, tmp_path):
     """Start `python -m wetlite serve` against our own Listener; return (listener, proc)."""
     from multiprocessing.connection import Listener
@@ -1118,6 +1191,36 @@ def test_wrong_key_connection_to_the_host_is_refused(fresh, monkeypatch):
     # the intruder is turned away, and the real worker still gets in
     assert launched is None, "a refused intruder made the launch fail: %s" % launched
     assert e.execute("operator", "add", (1, 1)) == 2
+
+
+def test_the_tcp_fallback_listens_on_the_loopback_only_and_refuses_a_wrong_key(fresh, monkeypatch):
+    """No directory takes a Unix socket: the host listens on 127.0.0.1 (never on every interface), a
+    local intruder with the wrong key is turned away, and the worker connects over TCP and serves."""
+    import socket
+    from multiprocessing import AuthenticationError
+    import tempfile
+    real_bind = socket.socket.bind
+
+    def bind(self, address):
+        if self.family == socket.AF_UNIX:
+            raise OSError("no Unix sockets in this test")
+        return real_bind(self, address)
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    seen = _spy_on_listener(monkeypatch, intruder_key=b"not the key" * 3)
+    e = fresh()
+    e.launch(timeout=30)
+    seen["intruder_thread"].join(HANG)
+    assert seen["family"] == "AF_INET"
+    assert seen["address"][0] == "127.0.0.1"
+    assert isinstance(seen.get("intruder"), AuthenticationError), seen.get("intruder")
+    with open("/proc/%d/environ" % worker_pid(e), "rb") as f:
+        raw = [v for v in f.read().split(b"\0") if v.startswith(b"WETLITE_WORKER=")][0]
+    assert raw.startswith(b"WETLITE_WORKER=AF_INET|") and raw.endswith(b"|127.0.0.1:%d" % seen["address"][1])
+    assert e.execute("operator", "add", (1, 2)) == 3
+    assert e.execute("operator", "concat", ("x" * 100000, "y")) == "x" * 100000 + "y"      # many TCP segments
+    # The socket dirs it tried on the way are gone.
+    for parent in {tempfile.gettempdir(), os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
+        assert not [n for n in os.listdir(parent) if n.startswith("wetlite-sock-%d-" % os.getpid())], parent
 
 
 def test_authkey_is_not_on_the_command_line(env):

@@ -67,10 +67,17 @@ def runtime_digest():
 
 
 def measured(data_file):
+    """The files ``data_file`` measured, or None if it cannot be read: a process that a test
+    limited (RLIMIT_FSIZE) or killed while it saved its data leaves a broken file."""
     import coverage
+    from coverage.exceptions import CoverageException
     data = coverage.CoverageData(data_file)
-    data.read()
-    return data.measured_files()
+    try:
+        data.read()
+        return data.measured_files()
+    except CoverageException as exc:
+        print("skipped unreadable coverage data %s: %s" % (os.path.basename(data_file), exc))
+        return None
 
 
 def totals(json_report):
@@ -107,10 +114,22 @@ def measure(work, argv, html, as_json, coverage):
     run = [sys.executable, "-m", "coverage"]
     tests = subprocess.call(run + ["run", "--rcfile", rc, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + argv,
                             cwd=REPO, env=env)
+    return report(work, rc, env, html, as_json) or tests
+
+
+def report(work, rc, env, html=None, as_json=None):
+    """Combine the data files in ``work`` and print the figures; the exit status of the report."""
+    run = [sys.executable, "-m", "coverage"]
     # The host's own figures too (its data measured this wetlite.py itself), to see what the
     # workers add.
-    parts = [os.path.join(work, n) for n in sorted(os.listdir(work)) if n.startswith(".coverage.")]
-    host = [p for p in parts if any(f == os.path.join(REPO, "wetlite.py") for f in measured(p))]
+    parts = {}
+    for name in sorted(os.listdir(work)):
+        if name.startswith(".coverage."):
+            files = measured(os.path.join(work, name))
+            if files is not None:
+                parts[os.path.join(work, name)] = files
+    host = [p for p, files in parts.items() if os.path.join(REPO, "wetlite.py") in files]
+    parts = list(parts)
     rows = []
     for label, files in (("host", host), ("host and workers", parts)):
         data = os.path.join(work, label.replace(" ", "-") + ".data")
@@ -121,7 +140,7 @@ def measure(work, argv, html, as_json, coverage):
                               env=env)
         rows.append((label, totals(out)))
     data = os.path.join(work, "host-and-workers.data")
-    report = subprocess.call(run + ["report", "--rcfile", rc, "--data-file", data], cwd=REPO, env=env)
+    status = subprocess.call(run + ["report", "--rcfile", rc, "--data-file", data], cwd=REPO, env=env)
     for label, t in rows:
         print("%-17s lines %5.1f%% (%d of %d)   branches %5.1f%% (%d of %d)" % (
             label, 100.0 * t["covered_lines"] / t["num_statements"], t["covered_lines"], t["num_statements"],
@@ -132,12 +151,12 @@ def measure(work, argv, html, as_json, coverage):
     if as_json:
         import shutil
         shutil.copyfile(os.path.join(work, "host-and-workers.json"), as_json)
-    if report == 0:
+    if status == 0:
         import shutil
         shutil.rmtree(work, ignore_errors=True)
     else:
         print("the coverage data is kept in %s" % work)
-    return tests or report
+    return status
 
 
 if __name__ == "__main__":

@@ -125,6 +125,14 @@ def good(tmp_path_factory):
      "unknown tool"),
     ('{"name": "bad", "state": "ready"}', "lacks"),
     ("", "not valid JSON"),
+    ('{"name": "bad", "tool": "venv", "state": "building", "dir": "/x", "prefix": "/x", "python": "/x/bin/python"}',
+     "unknown state 'building'"),
+    ('{"name": "other", "tool": "venv", "state": "ready", "dir": "/x", "prefix": "/x", "python": "/x/bin/python"}',
+     "is for another environment ('other')"),
+    ('{"name": "bad", "tool": "venv", "state": "ready", "dir": "x", "prefix": "/x", "python": "/x/bin/python"}',
+     "relative path"),
+    ('{"name": "bad", "tool": "venv", "state": "ready", "dir": "/x", "prefix": "/x", "python": "/x/bin/python", '
+     '"installed": {}}', "malformed manifest or installed field"),
 ])
 def test_a_bad_record_is_listed_as_broken_and_removable(good, text, why):
     mgr = good
@@ -340,9 +348,11 @@ def test_the_cli_reports_a_full_disk_without_a_traceback(tmp_path):
     root = str(tmp_path / "root")
 
     def cli(limit, *argv):
+        # (Under scripts/measure_coverage.py, a size-limited child could not save its coverage data.)
+        env = {k: v for k, v in os.environ.items() if not (limit and k.startswith("COVERAGE_PROCESS_"))}
         proc = subprocess.run([sys.executable, WETLITE_PY, "--root", root, "--tool", "venv"] + list(argv),
                               preexec_fn=limited_file_size(limit) if limit else None, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=300)
+                              stderr=subprocess.PIPE, timeout=300, env=env)
         return proc.returncode, proc.stderr.decode()
     code, err = cli(300, "create", "x")             # the record does not fit
     assert code == 1 and "Traceback" not in err, err
@@ -352,3 +362,22 @@ def test_the_cli_reports_a_full_disk_without_a_traceback(tmp_path):
     assert code == 1 and "Traceback" not in err, err
     assert re.search(r"starting the worker of environment 'y' failed: /\S+/wetlite\.py: File too large", err), err
     assert "os:getpid raised" not in err        # the function is not to blame
+
+
+@pytest.mark.xfail(strict=True, reason="wetlite.py bug: _runtime_dir() registers the removal of its temp-dir "
+                   "fallback only after writing the copy there succeeded, so a failed write leaves the dir behind")
+def test_a_runtime_copy_that_fits_nowhere_leaves_no_temp_dir_behind(tmp_path):
+    # The root cannot take the worker's runtime copy, and neither can the temp dir (here: a file-size
+    # limit; in life: a full disk).  The call fails with a clear error, and leaves nothing behind.
+    root, temp = str(tmp_path / "root"), tmp_path / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
+    env["TMPDIR"] = str(temp)
+    made = subprocess.run([sys.executable, WETLITE_PY, "--root", root, "--tool", "venv", "-q", "create", "y"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    assert made.returncode == 0, made.stderr.decode()
+    proc = subprocess.run([sys.executable, WETLITE_PY, "--root", root, "--tool", "venv", "call", "y", "os", "getpid"],
+                          env=env, preexec_fn=limited_file_size(50000), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == 1 and b"File too large" in proc.stderr, proc.stderr.decode()
+    assert [n for n in os.listdir(str(temp)) if n.startswith("wetlite")] == []

@@ -1,6 +1,7 @@
 """Environments for real with the venv tool: every local interpreter, reuse, replace, crashes, concurrency."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -264,3 +265,34 @@ def test_host_satisfies_a_requirement_with_extras(tmp_path, monkeypatch):
         mgr.create("slow", {"pip": ["--no-index", "--find-links " + str(empty), "wetlite-fake-extras[slow]"]})
     assert "wetlite-fake-extras" in failed.value.output_tail
     assert mgr.list() == []
+
+
+def test_install_refusals_and_a_post_install_on_record(tmp_path, monkeypatch):
+    monkeypatch.chdir(str(tmp_path))                    # where the post-install command runs
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    env = mgr.create("post", force_external=True)
+    with pytest.raises(wetlite.SpecError, match="cannot change the python of venv environment 'post'"):
+        env.install({"python": "3.9"})
+    with pytest.raises(wetlite.SpecError, match=r"optional_dependencies=\['gpu'\] selects groups of a config file"):
+        env.install(optional_dependencies=["gpu"])
+    env.install(post_install=["echo https://user:s3cret@example.org/simple > made-by-post-install"])
+    assert (tmp_path / "made-by-post-install").read_text().strip() == "https://user:s3cret@example.org/simple"
+    record = json.load(open(os.path.join(mgr.root, "state", "envs", "post.json")))
+    assert len(record["installed"]) == 1
+    assert "s3cret" not in json.dumps(record["installed"]) and "post_install" in record["installed"][0]   # masked
+    assert mgr.info("post")["installed"][0].get("post_install") == record["installed"][0]["post_install"]
+
+
+def test_load_refuses_what_it_cannot_use(tmp_path):
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv")
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(wetlite.SpecError, match="cannot load 'x': %s does not exist" % re.escape(missing)):
+        mgr.load("x", missing)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "pixi.toml").write_text('[workspace]\nchannels = ["c"]\nplatforms = ["linux-64"]\n')
+    with pytest.raises(wetlite.SpecError) as info:
+        mgr.load("w", str(workspace))
+    assert "has no installed environment" in str(info.value) and "tool='pixi'" in str(info.value)
+    with pytest.raises(wetlite.SpecError, match="no environment named 'nothing'"):
+        mgr.info("nothing")

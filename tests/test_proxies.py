@@ -98,3 +98,26 @@ def test_pixi_gets_them_in_its_environment(tmp_path, clean_proxies, monkeypatch)
     assert call["argv"][0] == "init"
     assert call["env"]["https_proxy"] == call["env"]["HTTPS_PROXY"] == PROXIES["https"]
     assert call["env"]["http_proxy"] == PROXIES["http"]
+
+
+@pytest.mark.parametrize("proxies, rc", [
+    ({"all": "http://all.example:9"}, 'proxy_servers:\n  http: "http://all.example:9"\n  https: "http://all.example:9"\n'),
+    ({"all": "http://all.example:9", "https": "http://s.example:1"},
+     'proxy_servers:\n  http: "http://all.example:9"\n  https: "http://s.example:1"\n'),
+    ({"no": "localhost"}, None),                # no proxy server: no rc file of proxies
+])
+def test_micromamba_rc_file_takes_all_for_both_schemes(tmp_path, clean_proxies, monkeypatch, proxies, rc):
+    exe, record = recorder(tmp_path, "micromamba", monkeypatch)
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="micromamba", tool_path=exe,
+                                     channels=["file:///nowhere"], proxies=proxies)
+    with pytest.raises(wetlite.CommandError):
+        mgr.create("p", {"conda": ["numpy"]}, force_external=True)
+    call = calls(record)[-1]
+    assert call["rc"][1:] == ([rc] if rc else [])
+    assert call["argv"].count("--rc-file") == (2 if rc else 1)
+    expected = {k: v for k, v in proxies.items() if k in ("http", "https")}
+    if "all" in proxies:
+        expected = dict({"http": proxies["all"], "https": proxies["all"]}, **expected)
+    if "no" in proxies:
+        expected["no"] = proxies["no"]
+    assert wetlite._urllib_proxies(proxies) == expected         # what wetlite's own downloads use

@@ -398,3 +398,71 @@ def test_markers_are_evaluated_for_pixi(tmp_path):
                                    "c @ https://e.invalid/c.whl"], "3.8")
     assert kept == ["a>=1", "c @ https://e.invalid/c.whl"]
     assert wetlite._strip_markers(['a ; python_version < "3.9"', "b[x]>=2"], "3.12") == ["b[x]>=2"]
+
+
+# --- more bad input, each a SpecError that names the value ---------------------------
+
+@pytest.mark.parametrize("deps, tool, needle", [
+    ({"pip": ["foo\x01"]}, "venv", "contains a control character"),
+    ({"pip": [{"name": "--pre", "dependencies": False}]}, "venv", "pip option '--pre' cannot carry 'dependencies'"),
+    ({"conda": ["conda-forge::python=3.10"]}, "micromamba", "conda entry 'conda-forge::python=3.10': give python"),
+    ({"conda": [{"name": "python=3.10", "platforms": ["linux-64"]}]}, "pixi", "conda entry 'python=3.10': give python"),
+    ({"python": "3.10|"}, "micromamba", "invalid python spec '3.10|': empty alternative"),
+])
+def test_more_invalid_specs_name_the_value(deps, tool, needle):
+    assert needle in spec_error(wetlite._normalize_dependencies, deps, tool)
+
+
+def test_python_as_a_conda_entry_or_an_integer():
+    # A conda "python" entry is the python spec (once); an int is a version as a string would be.
+    assert wetlite._normalize_dependencies({"conda": ["python=3.10", "numpy"]}, "micromamba")["python"] == "=3.10"
+    assert wetlite._normalize_dependencies({"python": 3}, "pixi")["python"] == "3"
+
+
+def test_specs_for_one_package_are_merged_for_pixi_or_refused():
+    assert wetlite._merge_conda_specs(["numpy=1.2", "numpy>=1", "scipy"]) == ["numpy 1.2.*,>=1", "scipy"]
+    assert "ask for different channels; give 'numpy' once" in spec_error(
+        wetlite._merge_conda_specs, ["a::numpy", "b::numpy"])
+    for builds in (["numpy=1.2=py_0", "numpy>=1"], ["numpy[build=py*]", "numpy>=1"]):
+        assert "name builds, and wetlite cannot merge them for pixi" in spec_error(wetlite._merge_conda_specs, builds)
+    assert wetlite._strip_markers(["foo[a]>=1", "foo[b]<3", "Foo>=1"], "3.11") == ["foo[a,b]>=1,<3"]
+    message = spec_error(wetlite._strip_markers, ["foo @ https://e.org/a.whl", "foo>=1"], "3.11")
+    assert "pip requirements for 'foo' disagree (foo @ https://e.org/a.whl; foo>=1)" in message
+
+
+def test_a_config_that_is_no_path_or_too_big(tmp_path):
+    assert "config must be a path, not int 42" in spec_error(wetlite._read_config, 42, "venv")
+    big = tmp_path / "requirements.txt"
+    with open(str(big), "wb") as f:
+        f.truncate(wetlite._CONFIG_LIMIT + 1)
+    message = spec_error(wetlite._read_config, str(big), "venv")
+    assert str(big) in message and "more than the" in message
+
+
+PIXI_HEAD = '[workspace]\nchannels = ["c"]\nplatforms = ["linux-64"]\n'
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[dependencies]\nnumpy = 5\n', "the version of 'numpy' must be a string, not 5"),
+    ('[dependencies]\nfoo = { path = "." }\n', "'foo' is a path package that only pixi itself can build"),
+    ('[pypi-dependencies]\nfoo = 5\n', "pypi dependency 'foo' must be a version string or a table, not 5"),
+    ('[pypi-dependencies]\nfoo = { version = ">1", index = "https://x" }\n', "the per-package index of 'foo' is pixi-only"),
+    ('[dependencies]\nnumpy = ">1"\nnumpy = "<2"\n', "is not valid TOML"),
+])
+def test_a_pixi_manifest_other_tools_cannot_follow_is_a_spec_error(tmp_path, text, needle):
+    path = write(tmp_path / "pixi.toml", PIXI_HEAD + text)
+    assert needle in spec_error(wetlite._read_config, path, "micromamba")
+
+
+def test_what_other_tools_take_from_a_pixi_manifest(tmp_path):
+    path = write(tmp_path / "pixi.toml", PIXI_HEAD + '[dependencies]\nnumpy = { version = "1.*", build = "py_0" }\n'
+                 '[pypi-options]\nextra-index-urls = ["https://x.example/simple"]\n')
+    cfg = wetlite._read_config(path, "micromamba")
+    assert cfg["conda"] == ["numpy 1.* py_0"] and cfg["pip"] == ["--extra-index-url https://x.example/simple"]
+
+
+@pytest.mark.parametrize("text", ["channels:\n  x\n", "dependencies:\n  numpy\n"])
+def test_environment_yml_lists_need_items(tmp_path, text):
+    path = write(tmp_path / "environment.yml", text)
+    message = spec_error(wetlite._read_environment_yml, path)
+    assert "%s line 2: expected a list item '- ...'" % path in message

@@ -209,3 +209,62 @@ def test_unsupported_wetlands_names_say_so(tmp_path):
     for method in (mgr.get_installed_packages, mgr.environment_exists, mgr.install):
         with pytest.raises(wetlite.SpecError, match="its name, its path or the Environment"):
             method(5)
+
+
+def test_wetlands_manager_arguments_choose_tool_and_root(tmp_path):
+    def made(*args, **kwargs):
+        mgr = EnvironmentManager(*args, **kwargs)
+        return mgr.tool, mgr.root
+    inst = str(tmp_path / "inst")
+    assert made(wetlands_instance_path=inst, manager="micromamba") == ("micromamba", os.path.join(inst, "micromamba"))
+    # manager="auto" (the default) guesses the tool from the conda path's name, as Wetlands does
+    assert made(conda_path=str(tmp_path / "my-pixi")) == ("pixi", str(tmp_path / "my-pixi"))
+    assert made(conda_path=str(tmp_path / "MicroMamba")) == ("micromamba", str(tmp_path / "MicroMamba"))
+    assert made(inst, str(tmp_path / "micromamba")) == ("micromamba", str(tmp_path / "micromamba"))   # 0.3+ order
+    with pytest.raises(TypeError, match="name the same directory"):
+        EnvironmentManager(str(tmp_path / "x"), wetlands_instance_path=inst)
+    main = str(tmp_path / "main-env")
+    assert EnvironmentManager(str(tmp_path / "r"), tool="venv",
+                              main_conda_environment_path=main).main_environment.path == main
+
+
+def test_log_file_path_gets_wetlites_log_records_once(tmp_path):
+    import logging
+    logger = logging.getLogger("wetlite")
+    handlers, level = list(logger.handlers), logger.level
+    inst = str(tmp_path / "inst")
+    try:
+        for _ in range(2):                  # a second manager on the same file adds no second handler
+            EnvironmentManager(wetlands_instance_path=inst, manager="venv", log_file_path="logs/wetlands.log")
+        added = [h for h in logger.handlers if h not in handlers]
+        assert len(added) == 1 and added[0].baseFilename == os.path.join(inst, "logs", "wetlands.log")
+        assert logger.getEffectiveLevel() <= logging.INFO
+        logger.info("a line for the Wetlands log")
+        added[0].flush()
+        with open(os.path.join(inst, "logs", "wetlands.log"), encoding="utf-8") as f:
+            assert "[INFO] wetlite: a line for the Wetlands log" in f.read()
+    finally:
+        for h in logger.handlers[:]:
+            if h not in handlers:
+                logger.removeHandler(h)
+                h.close()
+        logger.setLevel(level)
+
+
+def test_wetlands_local_dependencies(tmp_path):
+    mgr = EnvironmentManager(str(tmp_path / "root"), tool="venv")
+    wheel = make_wheel(tmp_path, "wetlite-test-local", "1.5")
+    with pytest.raises(TypeError, match="use_existing and force_external contradict"):
+        mgr.create("l", {}, use_existing=True, force_external=True)
+    with pytest.raises(wetlite.SpecError, match="a 'local' entry must be"):
+        mgr.create("l", {"local": [{"name": "x"}]}, force_external=True)
+    with pytest.raises(wetlite.SpecError, match="editable with pixi"):
+        EnvironmentManager(str(tmp_path / "pixi-root"), tool="pixi").create("l", {"local": [{"path": wheel}]})
+    env = mgr.create("l", dependencies={"local": [{"name": "wetlite-test-local", "path": wheel, "editable": False}],
+                                        "pip": ["--no-index"]}, force_external=True)
+    out = env.run([["python", "-c", "import wetlite_test_local as m; print(m.hello())"]]).stdout.strip()
+    assert out == "hello from wetlite-test-local 1.5"
+    with pytest.raises(TypeError, match="at most 6 positional arguments"):
+        env.execute_commands(["true"], {}, {}, False, None, True, 7)
+    with pytest.raises(TypeError, match="multiple values for 'popen_kwargs'"):
+        env.execute_commands(["true"], {}, {}, popen_kwargs={})

@@ -6696,11 +6696,12 @@ def _control(message, pool):
 
 def _end_of_call(call_id):
     """Before the reply: the call's last progress report, the end of its output, its cancel."""
+    global _REPORTER
     state = _WorkerState
     state.after_call = False
     reporter = state.reporter
     if reporter is not None:
-        state.reporter = None
+        state.reporter = _REPORTER = None
         reporter.finish()
     for stream in state.streams:
         if stream.mark is not None:
@@ -8906,6 +8907,8 @@ class Progress(tuple):
 # --- inside a call -------------------------------------------------------------
 
 _IN_PROCESS = None          # a _thread._local: the _CallScope of the main_environment call a thread runs
+_REPORTER = None            # the worker's running call's _CallScope while no main_environment call can run:
+                            # report_progress()'s fast path, one global read (_WorkerState.reporter is the truth)
 
 
 class _CallScope(object):
@@ -8962,7 +8965,17 @@ def _current_scope():
     if scope is None or scope.call_id != call_id:
         scope = _WorkerState.reporter = _CallScope(call_id, _send_progress)
         _WorkerState.after_call = True
+        _use_fast_reporter(scope)
     return scope
+
+
+def _use_fast_reporter(scope):
+    """Let report_progress() find ``scope`` with one global read, unless main_environment calls
+    (thread-local scopes) may run in this process: then it must look up the thread's own scope."""
+    global _REPORTER
+    _REPORTER = scope
+    if _IN_PROCESS is not None:             # (checked after the store: _run_in_scope clears it after its own)
+        _REPORTER = None
 
 
 def report_progress(current=None, total=None, message=None):
@@ -8974,8 +8987,8 @@ def report_progress(current=None, total=None, message=None):
     the host, where it sets ``task.progress`` and calls the progress
     callbacks.  Outside a call it does nothing.
     """
-    scope = _WorkerState.reporter           # the worker's running call (reset when it ends): the fast path
-    if scope is None or _IN_PROCESS is not None:
+    scope = _REPORTER                       # the fast path: a store of a tuple, no lock, no clock
+    if scope is None:
         scope = _current_scope()
         if scope is None:
             return
@@ -9383,10 +9396,11 @@ def _make_importable():
 
 def _run_in_scope(scope, func, args, kwargs):
     """Call ``func`` in this thread as a call with ``scope``: report_progress() and cancel_requested() see it."""
-    global _IN_PROCESS
+    global _IN_PROCESS, _REPORTER
     if _IN_PROCESS is None:
         import _thread
         _IN_PROCESS = _thread._local()
+        _REPORTER = None                    # from now on report_progress() looks for this thread's scope
         _make_importable()
     local = _IN_PROCESS
     outer = getattr(local, "scope", None)

@@ -8010,6 +8010,7 @@ class _Worker(object):
         self.proc = None
         self.conn = None
         self.protocol = 2
+        self._dumps = self._loads = None        # pickle's, set on connecting (no import statement per call)
         self.dead = None                        # the WorkerDied once it is gone
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -8113,6 +8114,7 @@ class _Worker(object):
         if not self.conn.poll(max(deadline - time.monotonic(), 0.1)):
             _kill_tree(self.proc)
             raise self._died("did not say hello within %s s" % timeout)
+        self._dumps, self._loads = pickle.dumps, pickle.loads
         try:
             hello = pickle.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
@@ -8189,32 +8191,16 @@ class _Worker(object):
         With ``wait`` false, return the request's _Waiter at once: finish()
         reads its reply later on the caller's thread (map on one worker).
         """
-        import pickle
         segments = ()
         if payload_args is not None:
-            args, kwargs = payload_args
-            try:
-                if not kwargs and all(type(a) in _PLAIN_TYPES for a in args):
-                    payload = pickle.dumps((tuple(args), {}), self.protocol)     # the common case, decided cheaply
-                elif _HANDLES_MADE:
-                    payload = self._dumps_with_handles(args, kwargs, self.shm_pool)
-                else:
-                    payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol,
-                                             self.shm_pool)
-            except ExecutorError:
-                raise                           # a RemoteObject that cannot go there says why
-            except Exception as exc:
-                raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
-                                    "sent" % (self._what(what), type(exc).__name__, exc))
-            if type(payload) is tuple:
-                segments = [ref[0] for ref in payload[2]]
+            payload, segments = self._arguments(payload_args, what)
             message = message + (payload,)
         call_id = next(self._ids)
         if future is not None and task is None:
             task = future
         if task is not None:
             task._bind(call_id, self)
-        data = pickle.dumps((message[0], call_id) + message[1:], self.protocol)
+        data = self._dumps((message[0], call_id) + message[1:], self.protocol)
         waiter = None
         if timeout is not None:
             import time
@@ -8230,22 +8216,11 @@ class _Worker(object):
                     # Nothing else in flight: this thread reads its own reply,
                     # with no waiter and no hand-off.
                     self._reading = True
+                    self._order.append(call_id)
                 else:
-                    waiter = _Waiter(call_id, what, future, timeout, task)
-                    waiter.worker = self
-                    waiter.segments = segments
-                    self._waiters[call_id] = waiter
-                    if timeout is not None:
-                        self._timed += 1
-                    if future is not None:
-                        self._futures += 1
-                self._order.append(call_id)
-            if self._shm_freed:
-                self._queue_release()
-            if self._pending:
-                self._flush_pending()
-            if self._dropped:
-                self._send_dropped()
+                    waiter = self._register(call_id, what, future, timeout, task, segments)
+            if self._shm_freed or self._pending or self._dropped:
+                self._send_queued()
             try:
                 self.conn.send_bytes(data)
                 sent = True
@@ -8277,6 +8252,117 @@ class _Worker(object):
             self._kill()                        # interrupted mid-call, as in _fast_reply
             raise
         return self._result(waiter)
+
+    def _arguments(self, payload_args, what):
+        """The pickled ``(args, kwargs)`` of a request, and the shared-memory segments it took."""
+        args, kwargs = payload_args
+        plain = not kwargs
+        if plain:
+            for a in args:
+                if type(a) not in _PLAIN_TYPES:
+                    plain = False
+                    break
+        try:
+            if plain:
+                payload = self._dumps((tuple(args), {}), self.protocol)     # the common case, decided cheaply
+            elif _HANDLES_MADE:
+                payload = self._dumps_with_handles(args, kwargs, self.shm_pool)
+            else:
+                payload = _dumps_payload((tuple(args), dict(kwargs) if kwargs else {}), self.protocol,
+                                         self.shm_pool)
+        except ExecutorError:
+            raise                           # a RemoteObject that cannot go there says why
+        except Exception as exc:
+            raise ExecutorError("cannot send the arguments of %s: they cannot be pickled (%s: %s); nothing was "
+                                "sent" % (self._what(what), type(exc).__name__, exc))
+        if type(payload) is tuple:
+            return payload, [ref[0] for ref in payload[2]]
+        return payload, ()
+
+    def _register(self, call_id, what, future, deadline, task, segments):
+        """A _Waiter for a request about to be sent, in the order the worker runs them; the caller holds
+        both locks."""
+        waiter = _Waiter(call_id, what, future, deadline, task)
+        waiter.worker = self
+        waiter.segments = segments
+        self._waiters[call_id] = waiter
+        if deadline is not None:
+            self._timed += 1
+        if future is not None:
+            self._futures += 1
+        self._order.append(call_id)
+        return waiter
+
+    def _send_queued(self):
+        """Before a request, what waited for the send lock; the caller holds it."""
+        if self._shm_freed:
+            self._queue_release()
+        if self._pending:
+            self._flush_pending()
+        if self._dropped:
+            self._send_dropped()
+
+    def send_all(self, message, many, what, timeout):
+        """Requests ``message`` + each ``(args, kwargs)`` of ``many``, in one write where the
+        connection allows; their _Waiters, for finish().
+
+        map on one worker sends its calls two by two this way: the worker
+        wakes once for both and answers both before this side runs again,
+        which on a single CPU halves the context switches of a loop of
+        execute().
+        """
+        prepared = []
+        try:
+            for payload_args in many:
+                payload, segments = self._arguments(payload_args, what)
+                prepared.append((next(self._ids), payload, segments))
+        except BaseException:
+            for _, _, segments in prepared:
+                if segments:
+                    self.shm_pool.release(segments)
+            raise
+        dumps, protocol = self._dumps, self.protocol
+        frames = [dumps((message[0], call_id) + message[1:] + (payload,), protocol) for call_id, payload, _ in prepared]
+        if timeout is not None:
+            import time
+            timeout = time.monotonic() + timeout
+        with self._send_lock:
+            with self._lock:
+                if self.dead is not None:
+                    raise _NotSent("the worker of environment %r is gone" % self.name)
+                waiters = [self._register(call_id, what, None, timeout, None, segments)
+                           for call_id, _, segments in prepared]
+            if self._shm_freed or self._pending or self._dropped:
+                self._send_queued()
+            try:
+                self._send_frames(frames)
+                sent = True
+            except (OSError, EOFError, ValueError):
+                sent = False
+            except BaseException:
+                for waiter in waiters:          # interrupted mid-send: the socket may hold half a frame
+                    self._forget(waiter.id, False)
+                self._kill()
+                raise
+        if not sent:
+            for waiter in waiters:
+                self._forget(waiter.id, False)
+            self._on_death()
+            raise _NotSent("the worker of environment %r is gone" % self.name)
+        return waiters
+
+    def _send_frames(self, frames):
+        """Send messages, several in one write on a socket (multiprocessing.connection's framing: a
+        4-byte big-endian length, then the bytes); the caller holds the send lock."""
+        if len(frames) == 1 or _WINDOWS or sum(len(f) for f in frames) > 16384:
+            for data in frames:
+                self.conn.send_bytes(data)
+            return
+        struct = _lean("_struct", "struct")
+        buf = memoryview(b"".join([struct.pack("!i", len(data)) + data for data in frames]))
+        fd = self.conn.fileno()                 # (raises OSError once closed)
+        while buf:
+            buf = buf[os.write(fd, buf):]
 
     def _dumps_with_handles(self, args, kwargs, pool):
         """Pickle arguments that may hold RemoteObjects: they check that this is their worker."""
@@ -8327,11 +8413,10 @@ class _Worker(object):
                 pass
 
     def _fast_reply(self, call_id, what, segments, task=None):
-        import pickle
         reply = None
         try:
             while True:
-                reply = pickle.loads(self.conn.recv_bytes())
+                reply = self._loads(self.conn.recv_bytes())
                 if reply[1] == call_id:
                     if reply[0] != "progress":
                         break
@@ -8391,8 +8476,7 @@ class _Worker(object):
             payload = reply[2]
             try:
                 if type(payload) is not tuple:
-                    import pickle
-                    return pickle.loads(payload)
+                    return self._loads(payload)
                 return _loads_payload(payload, self.shm_cache)
             except (Exception, SystemExit) as exc:
                 raise ExecutorError("the result of %s could not be unpickled in the host (%s: %s)"
@@ -8417,16 +8501,16 @@ class _Worker(object):
         A caller that sleeps while another thread reads wakes up at its own
         deadlines, since the reader may be blocked on a long call.
         """
-        import time
-        cond = self._cond
+        cond, lock = self._cond, self._lock        # (the condition's own lock: cheaper to take directly)
         while True:
-            with cond:
+            with lock:
                 if waiter.done:
                     return
                 reader = not self._reading
                 if reader:
                     self._reading = True
                 else:
+                    import time
                     wake = self._next_deadline_locked()
                     self._sleepers += 1
                     try:
@@ -8440,7 +8524,7 @@ class _Worker(object):
             try:
                 self._read(waiter)
             finally:
-                with cond:
+                with lock:
                     self._reading = False
                     if self._sleepers or self._futures:
                         cond.notify_all()
@@ -8448,8 +8532,7 @@ class _Worker(object):
     def _read(self, waiter=None):
         """Read and dispatch replies until ``waiter`` is done (or, for the
         pump, until no future is pending); handle deadlines on the way."""
-        import pickle
-        loads = pickle.loads
+        loads = self._loads
         conn = self.conn
         while self.dead is None and (not waiter.done if waiter is not None else self._futures > 0):
             if self._timed:
@@ -9986,24 +10069,40 @@ def _map_run(env, target, function, calls, timeout, ordered, progress, cancel_gr
 
 def _map_one_worker(env, target, function, calls, timeout, grace, window=2):
     """map() on one worker, without a Task per call: the requests are
-    pipelined (``window`` in flight) and their replies read on this thread,
-    in order, as the synchronous execute() does.  On an error or an early
-    close the rest is cancelled, and the calls have stopped when it returns."""
+    pipelined and their replies read on this thread, in order, as the
+    synchronous execute() does.  They go ``window`` at a time, in one write,
+    once the previous ones are answered (see _Worker.send_all), and the next
+    ones are sent before the last answer is yielded, so the worker has work
+    while the caller takes it.  On an error or an early close the rest is
+    cancelled, and the calls have stopped when it returns."""
     import collections
+    import itertools
     sent = collections.deque()                  # waiters, in input order
     calls = iter(calls)
-    try:
-        while True:
-            while len(sent) < window:
-                try:
-                    args, kwargs = next(calls)
-                except StopIteration:
-                    break
-                sent.append(env._send("call", target, function, (args, kwargs), timeout, wait=False))
-            if not sent:
+    message, what = ("call", target, function), (target, function)
+    direct = type(target) is not RemoteObject
+
+    def send_next():
+        batch = list(itertools.islice(calls, window))
+        if not batch:
+            return
+        worker = env._worker
+        if direct and worker is not None and worker.dead is None and not worker._closed and not _HANDLES_MADE:
+            try:                                # the running worker, straight (as execute() does)
+                sent.extend(worker.send_all(message, batch, what, timeout))
                 return
+            except _NotSent:
+                pass                            # it died idle: env._send starts another
+        for payload_args in batch:
+            sent.append(env._send("call", target, function, payload_args, timeout, wait=False))
+    try:
+        send_next()
+        while sent:
             waiter = sent.popleft()
-            yield waiter.worker.finish(waiter)
+            result = waiter.worker.finish(waiter)
+            if not sent:
+                send_next()
+            yield result
     finally:
         workers = []                            # (one, unless a worker was replaced on the way)
         for waiter in sent:

@@ -6336,22 +6336,53 @@ def _close_in_forked_child():
 
 
 class _SocketConnection(object):
-    """The worker's end of the host's multiprocessing.connection Listener.
+    """Both ends of the connection between host and worker, on a socket.
 
-    The same framing (a 4-byte big-endian length, or -1 and an 8-byte one)
-    and the same two-way HMAC handshake, without importing multiprocessing,
-    which costs a third of a worker's start.  (Windows named pipes still use
-    multiprocessing.connection.)
+    multiprocessing.connection's framing (a 4-byte big-endian length, or -1
+    and an 8-byte one) and its two-way HMAC handshake, without importing
+    multiprocessing, which costs a third of a worker's start.  It reads
+    ahead: one recv() for a message, or for the two that map pipelines,
+    where multiprocessing.connection makes two for each (and more Python).
+    (Windows named pipes use multiprocessing.connection.)
     """
 
-    def __init__(self, sock):
+    def __init__(self, sock, read_ahead=True):
         self._sock = sock
+        self._ahead = b"" if read_ahead else None   # None: read exactly (a handshake that hands the socket on)
+        self._at = 0                            # where the next message starts in _ahead
 
     def fileno(self):
         return self._sock.fileno()
 
+    def has_message(self):
+        """Is a whole message already read ahead?"""
+        ahead, at = self._ahead, self._at
+        if ahead is None or len(ahead) - at < 4:
+            return False
+        size = _lean("_struct", "struct").unpack_from("!i", ahead, at)[0]
+        return size >= 0 and len(ahead) - at - 4 >= size
+
     def close(self):
         self._sock.close()
+
+    def poll(self, timeout=0.0):
+        """Can recv_bytes() go on without waiting (a message, or the end), within ``timeout`` seconds?"""
+        if self.has_message():
+            return True
+        select = _lean("select", "select")
+        fd = self._sock.fileno()
+        if fd < 0:
+            raise OSError("the connection is closed")
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
+        return bool(select.select([fd], [], [], timeout)[0])
+
+    def send_frames(self, messages):
+        """Send several small messages in one system call."""
+        struct = _lean("_struct", "struct")
+        self._sock.sendall(b"".join([struct.pack("!i", len(data)) + data for data in messages]))
 
     def send_bytes(self, data):
         struct = _lean("_struct", "struct")
@@ -6367,6 +6398,8 @@ class _SocketConnection(object):
 
     def recv_bytes(self, maxlength=None):
         struct = _lean("_struct", "struct")
+        if self._ahead is not None:
+            return self._recv_ahead(struct, maxlength)
         size = struct.unpack("!i", self._exactly(4))[0]
         if size == -1:
             size = struct.unpack("!Q", self._exactly(8))[0]
@@ -6374,12 +6407,38 @@ class _SocketConnection(object):
             raise OSError("message of %d bytes, more than %d expected" % (size, maxlength))
         return self._exactly(size)
 
-    def _exactly(self, size):
-        data = self._sock.recv(size)            # small messages: one call, no copies
-        if len(data) == size:
-            return data
-        if not data and size:
-            raise EOFError("the host closed the connection")
+    def _recv_ahead(self, struct, maxlength):
+        ahead, at = self._ahead, self._at
+        while True:
+            have = len(ahead) - at
+            if have >= 4:
+                size = struct.unpack_from("!i", ahead, at)[0]
+                start = at + 4
+                if size == -1 and have >= 12:
+                    size = struct.unpack_from("!Q", ahead, start)[0]
+                    start += 8
+                if size != -1:
+                    break
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError("the host closed the connection")
+            ahead, at = ahead[at:] + chunk, 0
+        if size < 0 or maxlength is not None and size > maxlength:
+            raise OSError("message of %d bytes, more than %s expected" % (size, maxlength))
+        end = start + size
+        if end <= len(ahead):
+            self._ahead, self._at = ahead, end
+            return ahead[start:end]
+        self._ahead, self._at = b"", 0          # a big message: the rest straight into its own buffer
+        return self._exactly(size, ahead[start:])
+
+    def _exactly(self, size, data=None):
+        if data is None:
+            data = self._sock.recv(size)        # small messages: one call, no copies
+            if len(data) == size:
+                return data
+            if not data and size:
+                raise EOFError("the host closed the connection")
         buf = bytearray(size)
         buf[:len(data)] = data
         view = memoryview(buf)
@@ -6607,12 +6666,13 @@ def _readiness_check(conn):
     if _WINDOWS:
         return lambda: conn.poll(0)
     import select
+    ahead = getattr(conn, "has_message", lambda: False)     # a message read ahead needs no system call
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
-        return lambda: bool(poller.poll(0))
+        return lambda: ahead() or bool(poller.poll(0))
     fd = conn.fileno()
-    return lambda: bool(select.select([fd], [], [], 0)[0])
+    return lambda: ahead() or bool(select.select([fd], [], [], 0)[0])
 
 
 _CONTROL_OPS = frozenset(["cancel", "release", "drop", "exit"])     # the requests without a reply
@@ -7906,7 +7966,6 @@ def _accept_worker(server, family, address, key, proc, deadline):
     import time
     if family == "AF_PIPE":
         return _accept_pipe(server, address, proc, deadline)
-    from multiprocessing.connection import Connection
     server.settimeout(0.05)             # to watch the process and the deadline meanwhile
     while proc.poll() is None:
         remaining = deadline - time.monotonic()
@@ -7926,7 +7985,7 @@ def _accept_worker(server, family, address, key, proc, deadline):
             client.close()
             continue
         client.settimeout(None)
-        return Connection(client.detach())
+        return conn
     return None
 
 
@@ -8352,17 +8411,13 @@ class _Worker(object):
         return waiters
 
     def _send_frames(self, frames):
-        """Send messages, several in one write on a socket (multiprocessing.connection's framing: a
-        4-byte big-endian length, then the bytes); the caller holds the send lock."""
-        if len(frames) == 1 or _WINDOWS or sum(len(f) for f in frames) > 16384:
-            for data in frames:
-                self.conn.send_bytes(data)
+        """Send messages, several in one system call on a socket; the caller holds the send lock."""
+        send_frames = getattr(self.conn, "send_frames", None)
+        if send_frames is not None and len(frames) > 1 and sum(len(f) for f in frames) <= 65536:
+            send_frames(frames)
             return
-        struct = _lean("_struct", "struct")
-        buf = memoryview(b"".join([struct.pack("!i", len(data)) + data for data in frames]))
-        fd = self.conn.fileno()                 # (raises OSError once closed)
-        while buf:
-            buf = buf[os.write(fd, buf):]
+        for data in frames:
+            self.conn.send_bytes(data)
 
     def _dumps_with_handles(self, args, kwargs, pool):
         """Pickle arguments that may hold RemoteObjects: they check that this is their worker."""

@@ -6347,7 +6347,9 @@ class _SocketConnection(object):
     """
 
     def __init__(self, sock, read_ahead=True):
+        struct = _lean("_struct", "struct")
         self._sock = sock
+        self._head = struct.Struct("!i")        # the length before each message
         self._ahead = b"" if read_ahead else None   # None: read exactly (a handshake that hands the socket on)
         self._at = 0                            # where the next message starts in _ahead
 
@@ -6359,7 +6361,7 @@ class _SocketConnection(object):
         ahead, at = self._ahead, self._at
         if ahead is None or len(ahead) - at < 4:
             return False
-        size = _lean("_struct", "struct").unpack_from("!i", ahead, at)[0]
+        size = self._head.unpack_from(ahead, at)[0]
         return size >= 0 and len(ahead) - at - 4 >= size
 
     def close(self):
@@ -6380,48 +6382,57 @@ class _SocketConnection(object):
         return bool(select.select([fd], [], [], timeout)[0])
 
     def send_frames(self, messages):
-        """Send several small messages in one system call."""
-        struct = _lean("_struct", "struct")
-        self._sock.sendall(b"".join([struct.pack("!i", len(data)) + data for data in messages]))
+        """Send several messages, in one system call if they are small."""
+        if sum(map(len, messages)) > 65536:
+            for data in messages:
+                self.send_bytes(data)
+            return
+        pack = self._head.pack
+        self._sock.sendall(b"".join([pack(len(data)) + data for data in messages]))
 
     def send_bytes(self, data):
-        struct = _lean("_struct", "struct")
         size = len(data)
         if size > 0x7fffffff:
-            self._sock.sendall(struct.pack("!iQ", -1, size))
+            self._sock.sendall(_lean("_struct", "struct").pack("!iQ", -1, size))
             self._sock.sendall(data)
         elif size > 16384:
-            self._sock.sendall(struct.pack("!i", size))
+            self._sock.sendall(self._head.pack(size))
             self._sock.sendall(data)
         else:
-            self._sock.sendall(struct.pack("!i", size) + data)
+            self._sock.sendall(self._head.pack(size) + data)
 
     def recv_bytes(self, maxlength=None):
-        struct = _lean("_struct", "struct")
-        if self._ahead is not None:
-            return self._recv_ahead(struct, maxlength)
-        size = struct.unpack("!i", self._exactly(4))[0]
+        ahead, at = self._ahead, self._at
+        if ahead is not None and len(ahead) - at >= 4:      # the usual case: read ahead already, whole
+            size = self._head.unpack_from(ahead, at)[0]
+            end = at + 4 + size
+            if 0 <= size and end <= len(ahead) and (maxlength is None or size <= maxlength):
+                self._at = end
+                return ahead[at + 4:end]
+        if ahead is not None:
+            return self._recv_ahead(maxlength)
+        size = self._head.unpack(self._exactly(4))[0]
         if size == -1:
-            size = struct.unpack("!Q", self._exactly(8))[0]
+            size = _lean("_struct", "struct").unpack("!Q", self._exactly(8))[0]
         if maxlength is not None and size > maxlength:
             raise OSError("message of %d bytes, more than %d expected" % (size, maxlength))
         return self._exactly(size)
 
-    def _recv_ahead(self, struct, maxlength):
+    def _recv_ahead(self, maxlength):
         ahead, at = self._ahead, self._at
         while True:
             have = len(ahead) - at
             if have >= 4:
-                size = struct.unpack_from("!i", ahead, at)[0]
+                size = self._head.unpack_from(ahead, at)[0]
                 start = at + 4
                 if size == -1 and have >= 12:
-                    size = struct.unpack_from("!Q", ahead, start)[0]
+                    size = _lean("_struct", "struct").unpack_from("!Q", ahead, start)[0]
                     start += 8
                 if size != -1:
                     break
             chunk = self._sock.recv(65536)
             if not chunk:
-                raise EOFError("the host closed the connection")
+                raise EOFError("the other side closed the connection")
             ahead, at = ahead[at:] + chunk, 0
         if size < 0 or maxlength is not None and size > maxlength:
             raise OSError("message of %d bytes, more than %s expected" % (size, maxlength))
@@ -6438,7 +6449,7 @@ class _SocketConnection(object):
             if len(data) == size:
                 return data
             if not data and size:
-                raise EOFError("the host closed the connection")
+                raise EOFError("the other side closed the connection")
         buf = bytearray(size)
         buf[:len(data)] = data
         view = memoryview(buf)
@@ -6446,7 +6457,7 @@ class _SocketConnection(object):
         while got < size:
             n = self._sock.recv_into(view[got:], size - got)
             if not n:
-                raise EOFError("the host closed the connection")
+                raise EOFError("the other side closed the connection")
             got += n
         return buf
 
@@ -8412,8 +8423,8 @@ class _Worker(object):
 
     def _send_frames(self, frames):
         """Send messages, several in one system call on a socket; the caller holds the send lock."""
-        send_frames = getattr(self.conn, "send_frames", None)
-        if send_frames is not None and len(frames) > 1 and sum(len(f) for f in frames) <= 65536:
+        send_frames = getattr(self.conn, "send_frames", None)      # (not on a Windows pipe)
+        if send_frames is not None:
             send_frames(frames)
             return
         for data in frames:
@@ -8583,6 +8594,8 @@ class _Worker(object):
                     self._reading = False
                     if self._sleepers or self._futures:
                         cond.notify_all()
+            if waiter.done:
+                return
 
     def _read(self, waiter=None):
         """Read and dispatch replies until ``waiter`` is done (or, for the

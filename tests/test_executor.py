@@ -1441,3 +1441,50 @@ def test_exit_stops_a_busy_worker_at_once(fresh, tmp_path):
     assert worker.proc.returncode == 0          # it left on its own: a kill would show -9
     with pytest.raises(wetlite.ExecutorError):
         busy.result(timeout=HANG)
+
+
+# --- the connection's framing ---------------------------------------------------------
+
+def test_socket_connection_reads_ahead_in_multiprocessing_framing():
+    import socket
+    from multiprocessing.connection import Connection
+    ours, theirs = socket.socketpair()
+    peer = Connection(theirs.detach())
+    conn = wetlite._SocketConnection(ours)
+    try:
+        big = os.urandom(300000)                    # more than one recv() of read-ahead
+        messages = [b"", b"x", b"y" * 70000, big, b"after the big one"]
+        sender = threading.Thread(target=lambda: [peer.send_bytes(data) for data in messages])
+        sender.start()                              # (more than the socket's buffer holds)
+        assert conn.poll(5)
+        assert [bytes(conn.recv_bytes()) for _ in messages] == messages
+        sender.join()
+        assert not conn.has_message() and not conn.poll(0)
+        peer.send_bytes(b"a")
+        peer.send_bytes(b"b")
+        assert conn.recv_bytes() == b"a"
+        assert conn.has_message() and conn.poll(0)   # the second came with the first: no system call needed
+        assert conn.recv_bytes() == b"b"
+        for frames in ([b"one", b"", b"three" * 5000], [b"four" * 20000, b"five"]):   # one write, then not
+            conn.send_frames(frames)
+            assert [peer.recv_bytes() for _ in frames] == frames
+        peer.send_bytes(b"z" * 300)
+        with pytest.raises(OSError, match="more than 256"):
+            conn.recv_bytes(256)
+    finally:
+        peer.close()
+        conn.close()
+
+
+def test_socket_connection_raises_eof_on_a_half_message():
+    import socket
+    import struct
+    ours, theirs = socket.socketpair()
+    conn = wetlite._SocketConnection(ours)
+    try:
+        theirs.sendall(struct.pack("!i", 1000) + b"only part of it")
+        theirs.close()
+        with pytest.raises(EOFError):
+            conn.recv_bytes()
+    finally:
+        conn.close()

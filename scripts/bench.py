@@ -39,8 +39,12 @@ interpreter, because this machine is shared and noisy:
              as argument and result (echo), against the memcpy limit: one
              in-process `np.copyto(b, a)` into a preallocated, warm `b` (a.copy()
              also pays page faults for fresh memory: too soft a baseline).
-             Goals: sum <= 2x and echo <= 3.5x.  Then arguments of 64 KiB to
-             4 MiB in-band and through shared memory: where the threshold goes.
+             Goals: sum <= 2x and echo <= 3.5x.  Also the sum's floor through
+             shared memory: the copy into a warm segment and numpy.sum over
+             a second mapping of it, in this process, no call (4 KiB pages
+             read slower than NumPy's huge pages).  Then arguments of 64 KiB
+             to 4 MiB in-band and through shared memory: where the threshold
+             goes.
              Needs NumPy in the host (installed in the bench environment from
              PyPI or pip's cache; --env-numpy picks another version there, to
              time arrays crossing NumPy versions).
@@ -469,6 +473,7 @@ def bench_large(mgr, runs, env_numpy=None):
               "shared_memory": env._worker.shm_pool is not None}
     result["sum_x_memcpy"] = result["sum_ms"] / result["memcpy_ms"]
     result["echo_x_memcpy"] = result["echo_ms"] / result["memcpy_ms"]
+    result.update(shm_floor(numpy, a, b, runs))
     # Where shared memory starts to pay: arguments of each size, in-band against out of band.
     sweep = {}
     saved = wetlite._SHM_THRESHOLD
@@ -486,6 +491,43 @@ def bench_large(mgr, runs, env_numpy=None):
     result["threshold_sweep"] = sweep
     env.exit()
     return result
+
+
+def shm_floor(numpy, a, b, runs):
+    """What the sum cannot go below through shared memory, in this process: the copy into a warm
+    segment, then numpy.sum over a second mapping of it (as the worker has), against the same memcpy.
+    Segments are 4 KiB pages where /dev/shm has no huge pages, and reading them is slower than reading
+    NumPy's own (transparent huge page) memory."""
+    if os.name != "posix":
+        return {}
+    import mmap
+    import _posixshmem
+    from multiprocessing import shared_memory
+    segment = shared_memory.SharedMemory(create=True, size=a.nbytes)
+    fd = _posixshmem.shm_open(segment._name, os.O_RDWR, 0o600)
+    try:
+        second = mmap.mmap(fd, a.nbytes)
+    finally:
+        os.close(fd)
+    try:
+        into, out_of = numpy.frombuffer(segment.buf, a.dtype), numpy.frombuffer(second, a.dtype)
+        memcpy, floor = [], []
+        for i in range(runs + 3):                   # three to warm the pages and mappings
+            start = time.perf_counter()
+            numpy.copyto(b, a)
+            middle = time.perf_counter()
+            numpy.copyto(into, a)
+            numpy.sum(out_of)
+            if i >= 3:
+                memcpy.append(middle - start)
+                floor.append(time.perf_counter() - middle)
+        del into, out_of
+        return {"shm_floor_ms": statistics.median(floor) * 1000,
+                "shm_floor_x_memcpy": statistics.median(floor) / statistics.median(memcpy)}
+    finally:
+        second.close()
+        segment.close()
+        segment.unlink()
 
 
 def bench_faults(mgr, env, runs):
@@ -657,6 +699,9 @@ def main():
                          "%.2fx memcpy; goal <= 2x" % large["sum_x_memcpy"]))
             rows.append(("64 MiB echo (argument and result)", "%.1f ms" % large["echo_ms"],
                          "%.2fx memcpy; goal <= 3.5x" % large["echo_x_memcpy"]))
+            if "shm_floor_ms" in large:
+                rows.append(("  floor: copy into shm + sum there", "%.1f ms" % large["shm_floor_ms"],
+                             "%.2fx memcpy (in this process, no call)" % large["shm_floor_x_memcpy"]))
             rows.append(("  NumPy host / environment", "%s / %s" % (large["host_numpy"], large["env_numpy"]), ""))
             for size, row in sorted(large["threshold_sweep"].items(), key=lambda kv: int(kv[0])):
                 rows.append(("  %d KiB argument: in-band / shm" % (int(size) >> 10),

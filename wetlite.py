@@ -2381,6 +2381,24 @@ def _pixi_pypi_options(options, directory):
     return args
 
 
+def _check_pixi_install_options(cfg, env):
+    """install(config=) into a pixi environment goes through `pixi add --pypi`,
+    which takes requirements only: a config file's pip options (-e, --find-links,
+    an index) would be dropped, so they are refused, as create() refuses them."""
+    options = [p for p in cfg["pip"] if p.startswith("-")]
+    if not options:
+        return
+    if cfg["kind"] in ("pixi", "pyproject"):
+        fix = ("add them to the workspace manifest %s yourself ([pypi-options], or a { path = ..., editable = true } "
+               "entry of [pypi-dependencies]), or create a new environment from the file with create(name, config=%r)"
+               % (env.manifest, cfg["path"]))
+    else:
+        fix = "drop them from the file, or use an environment of tool='micromamba' or 'venv'"
+    raise SpecError("%s asks for pip option%s %s, which install() cannot pass to pixi environment %r (pixi add "
+                    "takes requirements only); %s" % (cfg["path"], "s" * (len(options) > 1),
+                                                      ", ".join(repr(o) for o in options), env.name, fix))
+
+
 def _read_small_text(path, what):
     """The text of a config file: a regular file of at most _CONFIG_LIMIT bytes
     (``-r /dev/zero`` or a FIFO in a requirements file is a SpecError)."""
@@ -5600,6 +5618,8 @@ class EnvironmentManager(object):
             raise SpecError("optional_dependencies=%r selects groups of a config file; give config= too"
                             % (optional,))
         cfg = _read_config(config, tool, optional) if config is not None else None
+        if cfg is not None and tool == "pixi":
+            _check_pixi_install_options(cfg, env)
         if post_install is not None:
             _command_list(post_install, _target_platform(_default_shell()))     # checked before anything runs
         subdir = _conda_subdir(*_platform_id())

@@ -244,3 +244,34 @@ def test_one_constraint_per_package_name(tmp_path, home, local_channel):
     assert python_says(env, "import wetlite_demo; print(wetlite_demo.__version__)") == "0.1.0"
     with pytest.raises(wetlite.SpecError, match="python"):
         mgr.create("dup2", {"python": HOST_XY, "conda": ["python>=3.8"]}, force_external=True)
+
+
+def test_install_refuses_the_pip_options_of_a_config_file_it_cannot_pass(tmp_path, home, local_channel):
+    """`pixi add --pypi` takes requirements only: -e, find-links and indexes would be dropped without a word."""
+    project = tmp_path / "project"
+    (project / "foo").mkdir(parents=True)
+    (project / "pixi.toml").write_text(textwrap.dedent("""\
+        [workspace]
+        name = "extra"
+        channels = ["%s"]
+        platforms = ["%s"]
+
+        [pypi-dependencies]
+        foo = { path = "./foo", editable = true }
+
+        [pypi-options]
+        find-links = [{ path = "./wheels" }]
+        """ % (local_channel, SUBDIR)))
+    (tmp_path / "req.txt").write_text("--find-links %s\nwetlite-test-demo==1.0\n" % (tmp_path / "wheels"))
+    mgr = manager(tmp_path, [local_channel])
+    env = mgr.create("opts", {"conda": ["wetlite-demo"]}, force_external=True)
+    before = open(env.manifest).read()
+    with pytest.raises(wetlite.SpecError) as info:
+        env.install(config=str(project / "pixi.toml"))
+    message = str(info.value)
+    assert str(project / "pixi.toml") in message and "'-e %s'" % (project / "foo") in message
+    assert "--find-links" in message and "[pypi-options]" in message and env.manifest in message
+    with pytest.raises(wetlite.SpecError, match=r"req\.txt asks for pip option '--find-links .*micromamba"):
+        env.install(config=str(tmp_path / "req.txt"))
+    assert open(env.manifest).read() == before
+    assert mgr.info("opts")["installed"] == []

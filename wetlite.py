@@ -4766,7 +4766,7 @@ class Environment(object):
 
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
         """Run a Python script in the worker, with ``sys.argv = [path] + args``."""
-        path = os.path.abspath(os.fspath(path))
+        path = _script_target(path, args, run_name)
         timeout = _check_timeout(timeout)
         return self._call(("script", path), (args, {"run_name": run_name}),
                           "script %s in environment %r" % (path, self.name), timeout)
@@ -4900,6 +4900,28 @@ def _module_target(module):
     if len(_TARGETS) < 1000:
         _TARGETS[module] = module
     return module
+
+
+def _script_target(path, args, run_name):
+    """run_script's path (made absolute; the file must exist, as the worker
+    sees the host's files) and arguments, checked before any round trip."""
+    given = path
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or not path:
+        raise SpecError("script must be a path to a Python file, not %r" % (given,))
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise SpecError("script %r is not a file%s; give the path of a Python script"
+                        % (path, "" if os.path.exists(path) else " (it does not exist)"))
+    if not isinstance(args, (list, tuple)):
+        raise SpecError("script arguments must be a list such as ['--flag', 'value'], not %s %r"
+                        % (type(args).__name__, args))
+    if not isinstance(run_name, str) or not run_name:
+        raise SpecError("run_name must be a module name such as '__main__', not %r" % (run_name,))
+    return path
 
 
 def _installer(dist):
@@ -5042,7 +5064,7 @@ class _MainEnvironment(Environment):
 
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
         self.manager._check_open(self.name)
-        return _run_script(os.path.abspath(os.fspath(path)), *args, run_name=run_name)
+        return _run_script(_script_target(path, args, run_name), *args, run_name=run_name)
 
     def exit(self):
         threads, self._threads = self._threads, None

@@ -901,6 +901,24 @@ def test_a_bad_module_is_a_spec_error(fresh_env, module):
         assert repr(module) in str(info.value)
 
 
+def test_a_bad_script_is_a_spec_error_before_any_round_trip(fresh_env, tmp_path):
+    script = tmp_path / "ok.py"
+    script.write_text("pass\n")
+    missing = str(tmp_path / "missing.py")
+    env = fresh_env()
+    for target in (env, env.manager.main_environment):
+        for path, args, run_name, named in ((123, (), "__main__", "123"), (None, (), "__main__", "None"),
+                                            (missing, (), "__main__", missing), (str(tmp_path), (), "__main__",
+                                                                                 str(tmp_path)),
+                                            (str(script), "-v", "__main__", "'-v'"),
+                                            (str(script), [], 7, "7")):
+            with pytest.raises(wetlite.SpecError) as info:
+                target.run_script(path, args, run_name=run_name)
+            assert named in str(info.value), (path, args, run_name)
+    assert "does not exist" in str(pytest.raises(wetlite.SpecError, env.run_script, missing).value)
+    assert env._worker is None              # refused on the host: no worker was started for it
+
+
 @pytest.mark.parametrize("include", ["/dev/zero", "fifo"])
 def test_a_requirements_include_that_is_not_a_file_is_a_spec_error(tmp_path, include):
     if include == "fifo":

@@ -6949,21 +6949,29 @@ def _import_target(target):
 
 
 def _walk(obj, path, walked):
-    """Follow the dotted ``path`` from ``obj``, importing submodules on the way."""
+    """Follow the dotted ``path`` from ``obj``, importing submodules on the way.
+
+    A missing name is an AttributeError naming ``walked`` (the target as the
+    user gave it, not a path module's internal name), marked as a lookup error
+    so that the CLI shows no traceback for it."""
     if path is None:
         return obj
     for part in path.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            if not hasattr(obj, "__path__"):    # not a package: no submodule to import
-                raise
-            import importlib
-            try:                                # a submodule not imported yet
-                obj = importlib.import_module(obj.__name__ + "." + part)
-            except ImportError:
-                raise AttributeError("%s has no attribute %r" % (walked, part))
-        walked += "." + part
+            found = False
+            if hasattr(obj, "__path__"):        # a package: maybe a submodule not imported yet
+                import importlib
+                try:
+                    obj, found = importlib.import_module(obj.__name__ + "." + part), True
+                except ImportError:
+                    pass
+            if not found:
+                error = AttributeError("%s has no attribute %r" % (walked, part))
+                error._wetlite_lookup = True
+                raise error from None
+        walked += (":" if walked.endswith(".py") else ".") + part
     return obj
 
 
@@ -10814,6 +10822,8 @@ def _cmd_call(args):
 
 def _call_failure(exc, what):
     """The function itself raised: show where, and fail with a CommandError."""
+    if getattr(exc, "_wetlite_lookup", False):         # the name is not there: nothing ran, no traceback
+        return CommandError("%s: %s; check the function name" % (what, exc))
     cause = getattr(exc, "__cause__", None)
     if isinstance(cause, _RemoteTraceback):
         _eprint(cause.text.rstrip())

@@ -1,6 +1,7 @@
 """The command line: in-process main([...]) calls, and a few real subprocess runs."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -308,6 +309,9 @@ def fraction():
 
 def boom():
     raise ValueError("bad")
+
+def attr():
+    return object().nope
 '''
 
 
@@ -335,6 +339,23 @@ def test_call_names_the_function_module_colon_function(capsys, cli_root, tmp_pat
     (tmp_path / "tools.py").write_text(VALUES)
     code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "tools.py", "boom")
     assert code == 1 and "tools.py:boom raised ValueError: bad" in err and "tools.py.boom" not in err
+
+
+def test_a_missing_function_is_named_as_given_without_a_traceback(capsys, cli_root, tmp_path):
+    tools = tmp_path / "tools.py"
+    tools.write_text(VALUES)
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", str(tools), "missingfn")
+    assert code == 1 and "%s has no attribute 'missingfn'" % tools in err, err
+    assert "Traceback" not in err and "_wetlite_path_" not in err
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", "json", "decoder.nope")
+    assert code == 1 and "json.decoder has no attribute 'nope'" in err and "Traceback" not in err, err
+    # An AttributeError the function itself raises is the function's: shown with where it came from.
+    code, out, err = run_main(capsys, "--root", cli_root, "call", "cli", str(tools), "attr")
+    assert code == 1 and "Traceback" in err and "raised AttributeError" in err, err
+    mgr = wetlite.EnvironmentManager(root=cli_root, tool="venv")
+    with mgr.get("cli") as env:
+        with pytest.raises(AttributeError, match=r"^%s:values has no attribute 'nope'$" % re.escape(str(tools))):
+            env.execute(str(tools), "values.nope")
 
 
 def test_json_form_of_numpy_values_without_importing_numpy():

@@ -5285,10 +5285,10 @@ class EnvironmentManager(object):
         return SpecError("no environment named %r under %s (known: %s); create it with mgr.create(%r, ...)"
                          % (name, self.root, known, name))
 
-    def _check_open(self, name):
+    def _check_open(self, name, doing="start a worker or run a call"):
         if self._closed:
-            raise ExecutorError("environment %r cannot start a worker or run a call: its manager was closed by "
-                                "mgr.exit(); use a new EnvironmentManager (or `with mgr:` again)" % (name,))
+            raise ExecutorError("environment %r cannot %s: its manager was closed by mgr.exit(); use a new "
+                                "EnvironmentManager (or `with mgr:` again)" % (name, doing))
 
     def _from_record(self, name, record):
         return Environment(self, name, record["prefix"], record["tool"], python=record.get("python"),
@@ -5402,6 +5402,7 @@ class EnvironmentManager(object):
         at once: one builds it, the others wait and reuse it.
         """
         _check_env_name(name)
+        self._check_open(name, "be created")     # it could run no call: do not build it
         recipe = self._recipe(dependencies, config, optional_dependencies, post_install)
         why = None if force_external else self._host_satisfies(recipe)
         if why:
@@ -5631,6 +5632,7 @@ class EnvironmentManager(object):
     # -- installing into an existing environment ----------------------------
 
     def _install(self, env, dependencies, config, progress, optional=None, post_install=None):
+        self._check_open(env.name, "be installed into")
         if env.tool == "main":
             raise SpecError("cannot install into the host interpreter (the main environment); create an "
                             "environment with mgr.create(name, deps, force_external=True) instead")
@@ -5877,8 +5879,9 @@ class EnvironmentManager(object):
         return found
 
     def exit(self):
-        """Stop every worker this manager started, and close it: a later call raises
-        ExecutorError instead of starting a new worker (``with mgr:`` opens it again)."""
+        """Stop every worker this manager started, and close it: a later call,
+        create() or install() raises ExecutorError instead of starting a new
+        worker or building (``with mgr:`` opens it again)."""
         self._closed = True
         for env in list(self.environments.values()) + [self.main_environment]:
             env.exit()

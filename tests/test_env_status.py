@@ -291,6 +291,11 @@ def test_calls_after_the_manager_exited_raise_and_start_nothing(tmp_path, shared
             thunk()
         assert "'borrowed'" in str(info.value) or "'main'" in str(info.value)
     assert env._worker is None
+    for thunk in (lambda: mgr.create("later", force_external=True), lambda: mgr.create("host"),
+                  lambda: env.install({"pip": ["nothing-to-install"]})):
+        with pytest.raises(wetlite.ExecutorError, match=r"cannot be (created|installed into): .*mgr\.exit\(\)"):
+            thunk()                                     # nothing built that could run no call
+    assert not os.path.exists(os.path.join(mgr.root, "envs")) or not os.listdir(os.path.join(mgr.root, "envs"))
     with mgr:                                           # opened again
         assert env.execute("os", "getpid") != first
     assert env._worker is None

@@ -5237,6 +5237,15 @@ class EnvironmentManager(object):
                         env[name] = self.proxies[key]
         return env
 
+    def _post_install_environ(self):
+        """What post_install commands add to their environment: they are an
+        install step, so they get the tools' proxies (Wetlands put them in its
+        install scripts); a key proxies= leaves out is set empty, read as unset."""
+        if self.proxies is None:
+            return None                 # the machine's own *_proxy variables pass through
+        return {name: self.proxies.get(key, "") for key in _PROXY_KEYS
+                for name in (key + "_proxy", key.upper() + "_PROXY")}
+
     # -- paths and records --------------------------------------------------
 
     def _env_dir(self, name, tool=None):
@@ -5475,7 +5484,8 @@ class EnvironmentManager(object):
             getattr(self, "_build_" + self.tool)(env, recipe, progress)
             if recipe["post_install"] is not None:
                 self._report(progress, "install", None)
-                env.run(recipe["post_install"], output=lambda line: self._report(progress, "install", line))
+                env.run(recipe["post_install"], output=lambda line: self._report(progress, "install", line),
+                        env=self._post_install_environ())
             env._building = False
             version = _interpreter_version(env.python)
             if version is None:
@@ -5662,7 +5672,8 @@ class EnvironmentManager(object):
                                     % (env.tool, env.name))
                 self._pip_step(env, spec["pip"], cfg, subdir, progress)
             if post_install is not None:
-                env.run(post_install, output=lambda line: self._report(progress, "install", line))
+                env.run(post_install, output=lambda line: self._report(progress, "install", line),
+                        env=self._post_install_environ())
             env._activation_cache = None        # new packages may bring activation scripts
             if env.managed:
                 import time

@@ -121,3 +121,18 @@ def test_micromamba_rc_file_takes_all_for_both_schemes(tmp_path, clean_proxies, 
     if "no" in proxies:
         expected["no"] = proxies["no"]
     assert wetlite._urllib_proxies(proxies) == expected         # what wetlite's own downloads use
+
+
+def test_post_install_commands_get_the_proxies_as_an_install_step(tmp_path, clean_proxies):
+    """Wetlands' additionalInstallCommands ran with the proxy exports: post_install does too."""
+    seen = tmp_path / "seen.txt"
+    show = "echo ${https_proxy:-unset} ${HTTPS_PROXY:-unset} ${no_proxy:-unset} ${all_proxy:-unset} >> %s" % seen
+    mgr = wetlite.EnvironmentManager(root=str(tmp_path / "root"), tool="venv", proxies=PROXIES)
+    env = mgr.create("pp", post_install=[show], force_external=True)
+    env.install(post_install=[show])
+    expected = "%s %s %s unset" % (PROXIES["https"], PROXIES["https"], PROXIES["no"])
+    assert seen.read_text().splitlines() == [expected, expected]
+    assert env.run(show).returncode == 0            # a plain run is not an install step: the user's variables
+    assert seen.read_text().splitlines()[-1] == "unset http://inherited.example:1 unset unset"
+    assert "s3cret" not in (tmp_path / "root" / "state" / "logs" / "pp.log").read_text()
+    mgr.remove("pp")

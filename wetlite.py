@@ -2271,10 +2271,12 @@ def _manifest_dependencies(data, kind, optional, path):
                                                        ", ".join(sorted(pixi.get("environments") or {})) or "none")
                 if pixi is not None else ""))
     subdir = _conda_subdir(*_platform_id())
+    activation = False
     for table in tables:
         layers = [table] + [layer for target, layer in sorted((table.get("target") or {}).items())
                             if _pixi_target_applies(target, subdir)]
         for layer in layers:
+            activation = activation or bool(layer.get("activation"))
             for name, value in (layer.get("dependencies") or {}).items():
                 if name.lower() == "python":
                     version = _pixi_version(value, name, where)
@@ -2290,6 +2292,10 @@ def _manifest_dependencies(data, kind, optional, path):
                 out["channels"].append(_absolute_channel(
                     name if isinstance(name, str) else name.get("channel", ""), directory))
     out["channels"] = _merge_channels(out["channels"])
+    if activation:
+        _log().warning("%s: ignoring [activation] (its scripts and env): only pixi applies them, when it builds "
+                       "from the file as its workspace (tool='pixi' and create(name, config=...)); here the file "
+                       "gives packages only, so set variables with env.run(..., env=...)", path)
     return out
 
 
@@ -2538,8 +2544,8 @@ def _read_environment_yml(path):
                     fail(number, "%r must be a list" % key)
             elif key != "prefix":
                 _log().warning("%s line %d: ignoring key %r%s", path, number, key,
-                               " (set variables with env.run(..., env=...) or in a pixi manifest's "
-                               "[activation.env])" if key == "variables" else "")
+                               " (set variables with env.run(..., env=...), or in a pixi manifest's "
+                               "[activation.env] that tool='pixi' builds from)" if key == "variables" else "")
             continue
         if section not in ("channels", "dependencies"):
             continue        # content of an ignored key

@@ -126,6 +126,31 @@ def test_pixi_toml_for_micromamba_and_venv(tmp_path):
     assert (cfg["python"], cfg["pip"], cfg["channels"]) == (">=3.10", ["rich"], [])
 
 
+def test_an_activation_that_only_pixi_applies_is_not_dropped_without_a_word(tmp_path, caplog):
+    path = write(tmp_path / "pixi.toml", """\
+        [workspace]
+        channels = ["conda-forge"]
+        platforms = ["linux-64"]
+        [dependencies]
+        python = "3.11.*"
+        [target.%s.activation]
+        scripts = ["act.sh"]
+        """ % SUBDIR)
+    plain = write(tmp_path / "plain" / "pixi.toml" if (tmp_path / "plain").mkdir() is None else None,
+                  "[workspace]\nchannels = []\nplatforms = ['linux-64']\n[dependencies]\nrich = '*'\n")
+    caplog.set_level("WARNING", logger="wetlite")
+    for tool in ("micromamba", "venv", "pixi"):         # pixi: install(config=) maps the file onto packages
+        caplog.clear()
+        wetlite._read_config(path, tool)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and path in warnings[0] and "[activation]" in warnings[0], (tool, warnings)
+        assert "tool='pixi'" in warnings[0] and "env.run(..., env=...)" in warnings[0]
+    caplog.clear()
+    wetlite._read_config(path, "pixi", manifest=True)                   # pixi's own workspace: applied
+    wetlite._read_config(plain, "micromamba")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_pixi_manifests_stay_pixis_own_with_pixi(tmp_path):
     path = write(tmp_path / "pixi.toml", PIXI_TOML)
     (tmp_path / "pixi.lock").write_text("version: 6\n")

@@ -11242,9 +11242,8 @@ def _doctor_local(problems):
 
     Returns None if all worked, else the step that failed.
     """
-    import tempfile
     import time
-    scratch = tempfile.mkdtemp(prefix="wetlite-doctor-")
+    scratch = _private_temp_dir("doctor")       # pid-named: swept if this process is killed
     step = "create"
     try:
         mgr = EnvironmentManager(root=scratch, tool="venv")

@@ -114,6 +114,38 @@ def test_doctor_reports_an_unreachable_source_as_a_problem_not_a_failure(tmp_pat
     assert "PROXYPASS" not in out + err
 
 
+STUCK_DOCTOR = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import wetlite
+
+def create(self, name, *args, **kwargs):
+    print("building in", self.root, flush=True)
+    time.sleep(120)                 # killed here, as a user may kill a slow doctor
+
+wetlite.EnvironmentManager.create = create
+wetlite.main(["doctor", "--offline"])
+"""
+
+
+def test_a_killed_doctor_leaves_a_scratch_dir_the_next_run_removes(tmp_path):
+    import signal
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp), WETLITE_ROOT=str(tmp_path / "root"))
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_DOCTOR, REPO], env=env, stdout=subprocess.PIPE)
+    try:
+        lines = iter(proc.stdout.readline, b"")
+        scratch = next(line for line in lines if line.startswith(b"building in ")).decode().split(" ", 2)[2].strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.path.dirname(scratch) == str(temp) and os.path.isdir(scratch)
+    assert os.path.basename(scratch).startswith("wetlite-doctor-%d-" % proc.pid)
+    wetlite._sweep_dead_temp_dirs(str(temp))           # what the next wetlite process does first
+    assert not os.path.exists(scratch)
+
+
 def test_doctor_offline_skips_the_download_check(tmp_path):
     root = tmp_path / "file"
     root.write_text("in the way")

@@ -863,11 +863,25 @@ class _FileLock(object):
             f = self._open()
         except OSError:
             return False
-        if self._try_lock(f):
+        if self._try_lock(f) and self._still_there(f):
             self._file = f
             return True
         f.close()
         return False
+
+    def _still_there(self, f):
+        """Whether the file locked is still the one at the path: its holder may
+        have deleted it (remove() does) while this process waited for it."""
+        try:
+            held, there = os.fstat(f.fileno()), os.stat(self.path)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+    def delete(self):
+        """Delete the lock file while holding it (a waiter then locks a new one)."""
+        if self._file is not None:
+            _remove_quietly(self.path)
 
     def __enter__(self):
         import errno
@@ -883,15 +897,20 @@ class _FileLock(object):
         deadline = time.monotonic() + self.timeout
         waited = False
         try:
-            while not self._try_lock(f):
-                if not waited:
-                    _log().info("waiting for %s holding %s (%s)", self._holder(f), self.what, self.path)
-                    waited = True
-                if time.monotonic() > deadline:
-                    raise WetliteError(
-                        "gave up waiting for %s after %s s: %s holds it (%s); if that process is stuck, stop it"
-                        % (self.what, _format_number(self.timeout), self._holder(f), self.path))
-                time.sleep(0.05)
+            while True:
+                while not self._try_lock(f):
+                    if not waited:
+                        _log().info("waiting for %s holding %s (%s)", self._holder(f), self.what, self.path)
+                        waited = True
+                    if time.monotonic() > deadline:
+                        raise WetliteError(
+                            "gave up waiting for %s after %s s: %s holds it (%s); if that process is stuck, stop it"
+                            % (self.what, _format_number(self.timeout), self._holder(f), self.path))
+                    time.sleep(0.05)
+                if self._still_there(f):
+                    break
+                f.close()               # deleted by its holder (see delete()): lock the file at the path now
+                f = self._open()
             try:
                 # Fixed width and no truncate: cutting a file that had data costs a
                 # flush on some file systems (ext4), milliseconds on create()'s reuse.
@@ -5828,22 +5847,29 @@ class EnvironmentManager(object):
             env.exit()
             if not env.managed:
                 return
-        with self._lock(name):
+        with self._lock(name) as lock:
             record, problem = self._load_record(name)
             if record is None and problem is None:
                 if env is None:
                     raise self._no_such(name)
                 return
             self._discard(name, record or {"dir": self._broken_dir(name)})
+            self._forget_files(name, lock)
         _log().info("removed environment %r", name, extra={"env_name": name})
+
+    def _forget_files(self, name, lock):
+        """Delete the build log and (held) lock file of an environment that is gone."""
+        _remove_quietly(os.path.join(self.root, "state", "logs", name + ".log"))
+        lock.delete()
 
     def gc(self, dry_run=False):
         """Remove what nothing under root needs any more, and return it.
 
         That is: half-built environments that no process is building, missing
         ones (their record and what is left of their files), staging dirs of
-        tool installs that no process is running (``bin/.install-*``), and the runtime copies of other
-        wetlite versions (``state/runtime/<hash>``) that no worker uses.  Ready
+        tool installs that no process is running (``bin/.install-*``), the runtime copies of other
+        wetlite versions (``state/runtime/<hash>``) that no worker uses, and the
+        lock files and build logs of environments no longer there.  Ready
         and broken environments are left alone: :meth:`remove` deletes those.
         Returns ``[{"path", "what", "size"}]``; with ``dry_run`` nothing is
         removed.
@@ -5869,7 +5895,19 @@ class EnvironmentManager(object):
                 if status in ("half-built", "missing"):
                     directory = record["dir"] if self._owns(record["dir"]) else None
                     drop(directory if directory and os.path.lexists(directory) else self._record_path(name),
-                         "%s environment %r" % (status, name), lambda _: self._discard(name, record))
+                         "%s environment %r" % (status, name),
+                         lambda _: (self._discard(name, record), self._forget_files(name, lock)))
+            finally:
+                lock.__exit__(None, None, None)
+        names = set(entry["name"] for entry in self.list())
+        for path in sorted(glob.glob(os.path.join(glob.escape(self.root), "state", "locks", "env-*.lock"))):
+            name = os.path.basename(path)[len("env-"):-len(".lock")]
+            lock = self._lock(name) if _valid_env_name(name) and name not in names else None
+            if lock is None or not lock.acquire_nowait():
+                continue                        # an environment's, or in use
+            try:
+                if self._load_record(name) == (None, None):     # (still) no environment of that name
+                    drop(path, "lock file of removed environment %r" % name, lambda _: self._forget_files(name, lock))
             finally:
                 lock.__exit__(None, None, None)
         for tool in ("pixi", "micromamba"):

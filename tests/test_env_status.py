@@ -108,6 +108,54 @@ def test_a_loaded_environment_that_moved_refuses(tmp_path):
 
 # --- bad records (issue 11, item 10) ------------------------------------------------
 
+def test_remove_and_gc_leave_no_lock_file_or_build_log_behind(tmp_path):
+    root = tmp_path / "root"
+    locks, logs = root / "state" / "locks", root / "state" / "logs"
+    mgr = wetlite.EnvironmentManager(root=str(root), tool="venv")
+    mgr.create("gone", force_external=True)
+    assert (locks / "env-gone.lock").exists() and (logs / "gone.log").exists()
+    mgr.remove("gone")
+    assert not (locks / "env-gone.lock").exists() and not (logs / "gone.log").exists()
+    # What removes before this one left behind, next to a lock a process holds and a live environment's.
+    mgr.create("live", force_external=True)
+    for name in ("old", "held"):
+        (locks / ("env-%s.lock" % name)).write_text("")
+        (logs / (name + ".log")).write_text("a build log\n")
+    with mgr._lock("held"):
+        removed = mgr.gc()
+    assert [item["what"] for item in removed] == ["lock file of removed environment 'old'"]
+    assert sorted(os.listdir(str(locks))) == ["env-held.lock", "env-live.lock"]
+    assert sorted(os.listdir(str(logs))) == ["held.log", "live.log"]
+    mgr.remove("live")
+
+
+def test_a_waiter_on_a_lock_file_its_holder_deletes_locks_the_new_one(tmp_path):
+    import threading
+    path = str(tmp_path / "locks" / "env-x.lock")
+    holder, waiter = wetlite._FileLock(path), wetlite._FileLock(path)
+    tried = threading.Event()
+
+    def try_lock(f):                        # the waiter has the old file open and waits on it
+        tried.set()
+        return wetlite._FileLock._try_lock(f)
+    waiter._try_lock = try_lock
+    holder.__enter__()
+    waiting = threading.Thread(target=waiter.__enter__)
+    waiting.start()
+    try:
+        assert tried.wait(30)
+        holder.delete()                     # as remove() does, under the lock
+    finally:
+        holder.__exit__(None, None, None)
+        waiting.join(30)
+    assert waiter._file is not None and not waiting.is_alive()
+    third = wetlite._FileLock(path)
+    assert not third.acquire_nowait()       # one holder at a time: the waiter holds the file now at the path
+    waiter.__exit__(None, None, None)
+    assert third.acquire_nowait()
+    third.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A manager with one sound environment, "good", to show one bad record breaks nothing else.

@@ -5627,11 +5627,13 @@ class EnvironmentManager(object):
         else:
             # `channel add` appends at the lowest priority unless --prepend, and
             # pixi refuses a chan::pkg whose channel the manifest does not list.
+            # One channel per call, the last first: where one call puts several
+            # prepended channels is not settled by pixi's documentation.
             listed = [c.rstrip("/") for c in _pixi_manifest_channels(env.manifest)]
             new = [c for c in self._channels_for(spec, cfg, conda, defaults=False) if c.rstrip("/") not in listed]
-            if new:
-                self._run_tool([exe, "workspace", "channel", "add", "--manifest-path", env.manifest, "--prepend"]
-                               + new, env.name, "solve", progress, what="pixi workspace channel add")
+            for channel in reversed(new):
+                self._run_tool([exe, "workspace", "channel", "add", "--manifest-path", env.manifest, "--prepend",
+                                channel], env.name, "solve", progress, what="pixi workspace channel add")
         specs = _merge_conda_specs(([_python_conda_spec(python)] if python else []) + conda)
         if specs:
             self._run_tool([exe, "add", "--manifest-path", env.manifest] + specs, env.name, "solve", progress,

@@ -72,6 +72,25 @@ def test_install_adds_the_channels_its_specs_need_first(tmp_path, home, local_ch
     assert {"only-elsewhere", "third-thing", "wetlite-demo"} <= names
 
 
+def test_several_new_channels_are_prepended_one_per_call_in_their_order(tmp_path, home, local_channel, monkeypatch):
+    """Notes 3: where one `channel add --prepend A B` puts A and B is not settled; one channel per call is."""
+    other = conda_package(str(tmp_path / "other"), "only-elsewhere", "1.0", {"share/only-elsewhere.txt": "x\n"})
+    third = conda_package(str(tmp_path / "third"), "third-thing", "1.0", {"share/third-thing.txt": "y\n"})
+    mgr = manager(tmp_path, [local_channel])
+    env = mgr.create("order", {"conda": ["wetlite-demo"]}, force_external=True)
+    calls, real = [], mgr._run_tool
+
+    def record(argv, *args, **kwargs):
+        calls.append(list(argv))
+        return real(argv, *args, **kwargs)
+    monkeypatch.setattr(mgr, "_run_tool", record)
+    env.install({"conda": ["third-thing", "%s::only-elsewhere" % file_url(other)], "channels": [file_url(third)]})
+    added = [argv[argv.index("--prepend") + 1:] for argv in calls if argv[1:4] == ["workspace", "channel", "add"]]
+    assert added == [[file_url(other)], [file_url(third)]]
+    assert manifest_data(env)["workspace"]["channels"] == [file_url(third), file_url(other), local_channel]
+    assert {"only-elsewhere", "third-thing"} <= {p["name"] for p in env.packages()}
+
+
 def test_the_users_pixi_setup_does_not_steer_the_build(tmp_path, home, local_channel, monkeypatch):
     """Notes 4c and "Environment, config and files": flags and config that would break a build."""
     (home / ".pixi").mkdir()

@@ -11174,11 +11174,14 @@ def _doctor_tool(mgr, info, offline, problems):
     failure = ("%s answers %s" if status else "%s is NOT reachable (%s)") % (_mask_url(url), answer)
     print("tool     %s: not installed yet, and it cannot be downloaded: %s (%s)" % (label, failure, settings))
     mirror = mgr.download_url != _RELEASE_URLS.get(mgr.tool)
+    proxy, source = _download_proxy(mgr, url)
     problems.append((
         "%s cannot be downloaded: %s" % (mgr.tool, failure),
         "%s, or set %s to a %s binary you have; or use --tool venv (pip-only environments from local interpreters)"
         % ("check that the mirror serves %s/%s" % (mgr.tool_version, asset) if mirror and status else
-           "check the mirror and proxy settings above" if mirror else
+           "check the proxy %s (%s) the download goes through, or unset it" % (_mask_proxy(proxy), source)
+           if proxy and not status else
+           "check the mirror settings above" if mirror else
            "set %s to a mirror or https_proxy to a proxy" % _ENV_DOWNLOAD_URL,
            _ENV_TOOL_PATHS[mgr.tool], mgr.tool)))
     return False
@@ -11186,23 +11189,27 @@ def _doctor_tool(mgr, info, offline, problems):
 
 def _download_settings(mgr, url):
     """The mirror and proxy settings a download of ``url`` goes through, for messages (masked)."""
-    import urllib.request
     if mgr.download_url == _RELEASE_URLS.get(mgr.tool):
         mirror = "no mirror (%s is not set)" % _ENV_DOWNLOAD_URL
     elif mgr.download_url == os.environ.get(_ENV_DOWNLOAD_URL):
         mirror = "mirror %s=%s" % (_ENV_DOWNLOAD_URL, _mask_url(mgr.download_url))
     else:
         mirror = "mirror download_url=%s" % _mask_url(mgr.download_url)
-    scheme = url.partition(":")[0]
-    if mgr.proxies is not None:
-        proxy, source = mgr.proxies.get(scheme), "proxies="
-    else:
-        proxy, source = urllib.request.getproxies().get(scheme), "%s_proxy" % scheme
-        host = url.partition("://")[2].partition("/")[0]
-        if proxy and urllib.request.proxy_bypass(host):
-            proxy, source = None, "no_proxy"
+    proxy, source = _download_proxy(mgr, url)
     return "%s, %s" % (mirror, "proxy %s (%s)" % (_mask_proxy(proxy), source) if proxy else
                        "no proxy" + (" (%s)" % source if source == "no_proxy" else ""))
+
+
+def _download_proxy(mgr, url):
+    """``(proxy or None, where that comes from)`` for a download of ``url``."""
+    import urllib.request
+    scheme = url.partition(":")[0]
+    if mgr.proxies is not None:
+        return mgr.proxies.get(scheme), "proxies="
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy and urllib.request.proxy_bypass(url.partition("://")[2].partition("/")[0]):
+        return None, "no_proxy"
+    return proxy, "%s_proxy" % scheme
 
 
 def _probe_url(url, proxies):

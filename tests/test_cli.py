@@ -114,6 +114,14 @@ def test_doctor_reports_an_unreachable_source_as_a_problem_not_a_failure(tmp_pat
     assert "PROXYPASS" not in out + err
 
 
+def test_doctor_points_at_a_proxy_that_refuses(tmp_path):
+    code, out, err = doctor(tmp_path, https_proxy="http://bob:PROXYPASS@127.0.0.1:9", no_proxy="", NO_PROXY="")
+    assert code == 0, out + err
+    problems = out[out.index("problems (1):"):]
+    assert "check the proxy http://***@127.0.0.1:9 (https_proxy) the download goes through" in problems, problems
+    assert "to a mirror or https_proxy to a proxy" not in problems and "PROXYPASS" not in out + err
+
+
 STUCK_DOCTOR = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])

@@ -10693,8 +10693,9 @@ def _build_parser():
                        usage="wetlite call NAME MODULE FUNC [JSON_ARG...] [--kwargs JSON] [--timeout S]",
                        description="Call MODULE:FUNC in the environment and print the result as JSON.  NumPy "
                                    "arrays and scalars become lists and numbers, datetimes ISO 8601 strings, sets "
-                                   "sorted lists, bytes {\"$base64\": \"...\"}; a result with no faithful JSON "
-                                   "form is an error (exit code 1) that shows its repr.")
+                                   "sorted lists, bytes {\"$base64\": \"...\"}; NaN and infinities null (strict "
+                                   "JSON has no form for them); a result with no faithful JSON form is an error "
+                                   "(exit code 1) that shows its repr.")
     p.add_argument("name", metavar="NAME", help=_NAME_HELP)
     p.add_argument("module", metavar="MODULE", help="a dotted module name, or a path to a .py file")
     p.add_argument("function", metavar="FUNC", help="a function (or dotted attribute path) of the module")
@@ -10955,12 +10956,17 @@ def _json_form(value, where):
     NumPy arrays and scalars become lists and numbers (numpy is looked up, never
     imported: a result that holds NumPy objects has imported it already), datetimes
     ISO 8601 strings, bytes ``{"$base64": ...}``, sets sorted lists, paths strings,
-    and dict keys that are numbers strings, as JSON requires.  Non-finite floats
-    are written NaN and Infinity, as Python's json module does.  Anything else
-    raises _NoJSONForm naming where it is.
+    and dict keys that are numbers strings, as JSON requires.  NaN and the
+    infinities become null, as JavaScript's JSON.stringify and pandas' to_json
+    write them: strict JSON has no form for them, and strict parsers (jq, a
+    browser's JSON.parse) refuse Python's NaN/Infinity.  Anything else raises
+    _NoJSONForm naming where it is.
     """
-    if value is None or isinstance(value, (bool, str, int, float)):
+    if value is None or isinstance(value, (bool, str, int)):
         return value
+    if isinstance(value, float):
+        import math
+        return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)):
         return [_json_form(item, "%s[%d]" % (where, i)) for i, item in enumerate(value)]
     if isinstance(value, dict):

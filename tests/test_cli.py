@@ -342,7 +342,7 @@ import datetime, fractions
 def values():
     return {"when": datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc),
             "day": datetime.date(2024, 5, 6), "blob": b"\\x00\\xffhi", "tags": {"b", "c", "a"},
-            "pair": (1, 2.5), 3: None, "nan": float("nan")}
+            "pair": (1, 2.5), 3: None, "nan": float("nan"), "inf": [float("inf"), -float("inf")]}
 
 def fraction():
     return [1, {"x": fractions.Fraction(1, 3)}]
@@ -362,7 +362,8 @@ def test_call_converts_what_has_a_faithful_json_form(capsys, cli_root, tmp_path)
     assert code == 0, err
     assert out.strip() == ('{"when": "2024-05-06T07:08:09.123456+00:00", "day": "2024-05-06", '
                            '"blob": {"$base64": "AP9oaQ=="}, "tags": ["a", "b", "c"], "pair": [1, 2.5], '
-                           '"3": null, "nan": NaN}')
+                           '"3": null, "nan": null, "inf": [null, null]}')
+    json.loads(out, parse_constant=lambda name: pytest.fail("not strict JSON: " + name))
 
 
 def test_call_refuses_a_result_with_no_json_form(capsys, cli_root, tmp_path):

@@ -7028,7 +7028,8 @@ def _walk(obj, path, walked):
                 except ImportError:
                     pass
             if not found:
-                error = AttributeError("%s has no attribute %r" % (walked, part))
+                owner = "the %s object" % type(obj).__name__ if walked == "the object" else walked  # a handle's
+                error = AttributeError("%s has no attribute %r" % (owner, part))
                 error._wetlite_lookup = True
                 raise error from None
         walked += (":" if walked.endswith(".py") else ".") + part

@@ -177,8 +177,10 @@ def test_ctrl_c_during_call_leaves_no_worker(tmp_path):
     script.write_text("import os, time\n\ndef slow(path):\n    open(path, 'w').write(str(os.getpid()))\n"
                       "    time.sleep(60)\n")
     pid_file = tmp_path / "worker.pid"
+    # As at a terminal: a suite run as a background job (`pytest &`) inherits SIGINT ignored.
     proc = subprocess.Popen([sys.executable, WETLITE_PY, "--root", root, "call", "busy", str(script), "slow",
-                             '"%s"' % pid_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             '"%s"' % pid_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60)
     worker = int(pid_file.read_text())
     proc.send_signal(signal.SIGINT)

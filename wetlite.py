@@ -7969,7 +7969,11 @@ def _runtime_dir(root):
         if fallback is None or not os.path.isdir(fallback):
             import atexit
             fallback = _private_temp_dir("runtime")
-            _write_runtime(fallback, data)
+            try:
+                _write_runtime(fallback, data)
+            except BaseException:
+                _rmtree(fallback)           # it fits nowhere: leave no empty temp dir behind
+                raise
             atexit.register(_rmtree, fallback)
             _RUNTIME_FALLBACK[digest] = fallback
             _log().info("cannot write the worker's runtime copy under %s (%s); using %s", root,

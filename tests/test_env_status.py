@@ -417,8 +417,6 @@ def test_the_cli_reports_a_full_disk_without_a_traceback(tmp_path):
     assert "os:getpid raised" not in err        # the function is not to blame
 
 
-@pytest.mark.xfail(strict=True, reason="wetlite.py bug: _runtime_dir() registers the removal of its temp-dir "
-                   "fallback only after writing the copy there succeeded, so a failed write leaves the dir behind")
 def test_a_runtime_copy_that_fits_nowhere_leaves_no_temp_dir_behind(tmp_path):
     # The root cannot take the worker's runtime copy, and neither can the temp dir (here: a file-size
     # limit; in life: a full disk).  The call fails with a clear error, and leaves nothing behind.

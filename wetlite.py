@@ -7410,7 +7410,7 @@ class _ShmCache(object):
         if _WINDOWS or name in self.lent or sum(s for _, s in list(self.lent.values())) + size > _SHM_LEND_LIMIT:
             return None
         try:
-            import numpy
+            numpy = _user_numpy()
         except ImportError:
             return None
         import weakref
@@ -7824,10 +7824,24 @@ def _spec_dtype(numpy, spec):
     return numpy.dtype((numpy.record, dtype)) if record else dtype
 
 
+def _user_numpy():
+    """The NumPy of the data at hand, imported the first time arrays arrive.
+
+    wetlite depends on no NumPy: it is imported only to rebuild arrays that
+    the other side sent, as pickle itself would import it for NumPy's own
+    form (ImportError when this side has none).
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        import importlib
+        numpy = importlib.import_module("numpy")
+    return numpy
+
+
 def _wetlite_neutral(kind, spec, *fields):
     """Rebuild a NumPy array ("a") or scalar ("s") sent by _neutral_reducers."""
     try:
-        import numpy
+        numpy = _user_numpy()
     except ImportError as exc:
         raise ImportError("NumPy arrays were sent, but NumPy cannot be imported here (%s)" % exc)
     dtype = _spec_dtype(numpy, spec)

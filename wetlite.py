@@ -4720,6 +4720,7 @@ class Environment(object):
         at once.  Results come in input order (``ordered=False``: as they
         finish).  The first error is raised in its place and the calls still
         pending are cancelled; closing the iterator early cancels them too.
+        Either way it returns (or raises) once they have stopped.
         ``timeout``, ``progress`` and ``cancel_grace`` apply to each call, as
         in submit().
         """
@@ -8787,12 +8788,13 @@ class _Worker(object):
             return
         for w in fresh:
             if w.id == running:
+                # Its future settles when the call has stopped: on its reply, or when the kill is done.
                 self._interrupt(w.id)
                 self._expire_later(_INTERRUPT_GRACE)
             else:
                 self._request_cancel(w.id)
-            if w.future is not None:
-                self._settle_future(w, self._timeout_error(w))
+                if w.future is not None:
+                    self._settle_future(w, self._timeout_error(w))     # queued: it never starts
 
     def _expire_later(self, delay):
         import threading
@@ -8838,6 +8840,8 @@ class _Worker(object):
             # Nobody will decode this reply: let the worker reuse its result segments.
             if reply[0] == "ok" and type(reply[2]) is tuple:
                 self._release([ref[0] for ref in reply[2][2]])
+            if waiter.timed_out and waiter.future is not None:
+                self._settle_future(waiter, self._timeout_error(waiter))    # it has stopped after its interrupt
         elif waiter.future is not None:
             try:
                 self._settle_future(waiter, None)
@@ -9481,7 +9485,8 @@ def _task_class():
             runs its worker is killed (a new one starts on the next call).
             Either way the task ends cancelled: ``result()`` then raises
             CancelledError.  Unlike a plain Future, ``result()`` waits until
-            the call has stopped.
+            the call has stopped (on its own, interrupted, or its worker
+            killed); so does a task's CallTimeout.
             """
             with self._task_lock:
                 if self._settling or self.done():
@@ -10182,9 +10187,11 @@ class _MapRun(object):
         return [t for t in self.pending if not t.done()]
 
     def cancel_rest(self):
+        """Cancel the tasks not taken yet; return those that have not ended (they are stopping)."""
         pending, self.pending = self.pending, ()
         for task in pending:
             task.cancel()
+        return [task for task in pending if not task.done()]
 
 
 def _map_results(run):
@@ -10208,7 +10215,8 @@ def _map_results(run):
                     raise
                 yield result
     finally:
-        run.cancel_rest()
+        # Return (or raise) once the cancelled calls have stopped, as on one worker.
+        concurrent.futures.wait(run.cancel_rest())
 
 
 async def _map_results_async(run):
@@ -10239,9 +10247,11 @@ async def _map_results_async(run):
                     raise
                 yield result
     finally:
-        run.cancel_rest()
         for wrapper in run.wrapped.values():
-            wrapper.cancel()
+            wrapper.cancel()                    # (which cancels its task)
+        stopping = run.cancel_rest()
+        if stopping:                            # end once the cancelled calls have stopped, as map() does
+            await asyncio.wait([asyncio.wrap_future(task) for task in stopping])
 
 
 def _zipped(module, function, iterables):

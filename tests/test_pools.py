@@ -202,6 +202,46 @@ def test_closing_the_map_stops_a_running_call(pool, tmp_path):
     assert env.execute(T, "pid") == pid
 
 
+@pytest.mark.parametrize("face", ["map", "map_async"])
+@pytest.mark.parametrize("function", ["ticker", "stubborn_ticker"])
+def test_closing_the_map_returns_once_its_calls_have_stopped(pool, tmp_path, monkeypatch, face, function):
+    # interrupted after the grace ("ticker"), or its worker killed ("stubborn_ticker")
+    monkeypatch.setattr(wetlite, "_INTERRUPT_GRACE", 0.5)
+    env = pool(2)
+    env.cancel_grace = 0.1
+    ticks = [tmp_path / ("ticks%d" % i) for i in range(8)]
+    started = [str(tmp_path / ("started%d" % i)) for i in range(8)]
+    seconds = [0] + [60] * 7
+
+    def running():
+        return [i for i in range(1, 8) if os.path.exists(started[i])]
+
+    if face == "map":
+        results = env.map(T, function, [str(t) for t in ticks], seconds, started)
+        assert next(results) == "ticked"
+        assert wait_for(lambda: len(running()) == 2)
+        results.close()
+    else:
+        async def main():
+            results = env.map_async(T, function, [str(t) for t in ticks], seconds, started)
+            assert await results.__anext__() == "ticked"
+            while len(running()) < 2:
+                await asyncio.sleep(0.01)
+            await results.aclose()
+        asyncio.run(main())
+    closed = time.time()
+    for worker in env._pool.slots:          # the calls are over: interrupted (the worker idle) or killed
+        if worker.dead is None:
+            assert worker.call(("call", "operator", "add"), ((1, 1), None), "drain", None) == 2
+        else:
+            assert wait_for(lambda: not alive(worker.proc.pid), 10)
+    assert len(running()) == 2
+    for i in running():
+        assert ticks[i].read_text()
+        assert [t for t in map(float, ticks[i].read_text().split()) if t > closed] == []
+    assert sorted(env.map("operator", "neg", [1, 2, 3])) == [-3, -2, -1]
+
+
 def test_map_timeout_and_progress_apply_to_each_call(pool):
     env = pool(2)
     seen = []

@@ -254,6 +254,34 @@ def test_cancel_a_call_that_ignores_interrupts_kills_the_worker(fresh, tmp_path,
     assert env.execute("os", "getpid") != pid           # a new worker
 
 
+def ticks_after(path, moment):
+    return [t for t in map(float, path.read_text().split()) if t > moment]
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_a_killed_call_has_stopped_when_its_task_ends_and_the_next_call_works(fresh, tmp_path, monkeypatch, how):
+    # The task of a call that ignores the interrupt ends only once its worker
+    # is killed: nothing of the call runs after result() raises, and the next
+    # call starts a new worker instead of queueing on the doomed one.
+    monkeypatch.setattr(wetlite, "_INTERRUPT_GRACE", 0.5)
+    env = fresh()
+    pid = env.execute("os", "getpid")
+    ticks, started = tmp_path / "ticks", started_file(tmp_path)
+    if how == "cancel":
+        task = env.submit(T, "stubborn_ticker", (str(ticks), 60, started), cancel_grace=0.1)
+        assert wait_for(lambda: os.path.exists(started))
+        assert task.cancel()
+        expected = concurrent.futures.CancelledError
+    else:
+        task = env.submit(T, "stubborn_ticker", (str(ticks), 60, started), timeout=0.3)
+        expected = wetlite.CallTimeout
+    with pytest.raises(expected):
+        task.result(timeout=30)
+    ended = time.time()
+    assert env.execute("os", "getpid") != pid               # a new worker, not WorkerDied
+    assert ticks.read_text() and ticks_after(ticks, ended) == []
+
+
 def test_cancel_of_a_finished_task_is_false(any_env):
     task = any_env.submit(T, "report_many", (1,))
     assert task.result(timeout=30) == 1

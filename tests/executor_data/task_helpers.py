@@ -217,3 +217,29 @@ def record_slowly(path, item, seconds, fail_at=None):
 def print_after_file(tag, path, timeout=30):
     wait_for_file(path, timeout)
     return print_tagged(tag)
+
+
+def ticker(path, seconds, started=None, stubborn=False):
+    """Note the time in ``path`` every 10 ms, what it did after it should have stopped shows.  It never
+    looks at cancel_requested(): an interrupt stops it, unless ``stubborn`` (then only a kill does)."""
+    if stubborn:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if started:
+        open(started, "w").close()
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with open(path, "a") as f:
+            f.write("%r\n" % time.time())
+        time.sleep(0.01)
+    return "ticked"
+
+
+def stubborn_ticker(path, seconds, started=None):
+    return ticker(path, seconds, started, stubborn=True)
+
+
+def scale_at(box, *path):
+    """The scale of the Model found by following ``path`` (keys, indexes, attribute names) from ``box``."""
+    for step in path:
+        box = getattr(box, step) if isinstance(step, str) and hasattr(box, step) else box[step]
+    return box.scale

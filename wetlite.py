@@ -5041,16 +5041,16 @@ class _MainEnvironment(Environment):
                 _callbacks_drained()
         _check_call_arguments(function, args, kwargs)
         if _HANDLES_MADE:
-            args, kwargs = _local_arguments(args, kwargs)
+            args, kwargs = _local_arguments(self, args, kwargs)
         if not _IMPORTABLE:
             _make_importable()
         if progress is None and not ref:
-            return _local_target(target, function)(*args, **(kwargs or {}))
+            return _local_target(self, target, function)(*args, **(kwargs or {}))
         _check_callback(progress, "progress")
         task = _new_task(self, (_target_name(target), function), None, progress)
         task._bind(next(_call_ids()), None)
         try:
-            result = _run_in_scope(_CallScope(task.id, _progress_sink(task)), _local_target(target, function),
+            result = _run_in_scope(_CallScope(task.id, _progress_sink(task)), _local_target(self, target, function),
                                    args, kwargs)
         finally:
             _callbacks_drained()
@@ -5065,28 +5065,37 @@ class _MainEnvironment(Environment):
 
     def _submit_task(self, task, target, function, args, kwargs, timeout, wrap=None):
         if _HANDLES_MADE:
-            args, kwargs = _local_arguments(args, kwargs)
-        return self._in_process().submit(task, lambda *a, **k: _local_target(target, function)(*a, **k), args,
+            args, kwargs = _local_arguments(self, args, kwargs)
+            if type(target) is RemoteObject:
+                target._wl_check(self)          # now, not in the task
+        return self._in_process().submit(task, lambda *a, **k: _local_target(self, target, function)(*a, **k), args,
                                          kwargs, timeout, wrap)
 
     def _local_ref(self, result, call_id):
         return RemoteObject._wl_make(self, None, call_id, _describe(result, True), result)
 
     def _get(self, target, path):
-        value = _walk(_local_target(target, None) if type(target) is RemoteObject else _resolve(target, None),
+        value = _walk(_local_target(self, target, None) if type(target) is RemoteObject else _resolve(target, None),
                       path, "the object")
         return _ProxyInfo(None) if callable(value) else value
 
     def _set(self, target, path, value):
         owner, _, name = path.rpartition(".")
-        setattr(_local_target(target, owner or None), name, value)
+        setattr(_local_target(self, target, owner or None), name, value)
 
     def _describe(self, target, path):
-        return _describe(_local_target(target, path), False)
+        return _describe(_local_target(self, target, path), False)
 
     def import_module(self, module):
+        """The proxy a worker's environment gives (``mod.f(x)``, ``mod.f.ref(x)``,
+        ``mod.f.submit(x)``), over the module imported in this process; its
+        attributes that are not callable are the objects themselves."""
         self.manager._check_open(self.name)
-        return _resolve(_module_target(module), None)
+        module = _module_target(module)
+        info = _describe(_resolve(module, None), True)
+        methods = frozenset(info["methods"])
+        info["data"] = [n for n in info["names"] if n not in methods]
+        return _RemoteModule(self, module, info)
 
     def run_script(self, path, args=(), run_name="__main__", timeout=None):
         self.manager._check_open(self.name)
@@ -7055,13 +7064,15 @@ def _describe(obj, members):
     (read by value).  Found without running properties or a module's
     __getattr__."""
     cls = type(obj)
+    module = getattr(sys.modules.get(cls.__module__), "__wetlite_display_name__", cls.__module__)  # a .py by path
     try:
         text = repr(obj)
+        if module != cls.__module__:
+            text = text.replace(cls.__module__ + ".", module + ".")     # object.__repr__ names the module
     except Exception:
         text = "<%s object>" % cls.__name__
     doc = getattr(obj, "__doc__", None)
     name = getattr(obj, "__name__", None)
-    module = getattr(sys.modules.get(cls.__module__), "__wetlite_display_name__", cls.__module__)  # a .py by path
     info = {"type": "%s.%s" % (module, getattr(cls, "__qualname__", cls.__name__)),
             "repr": text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT - 3] + "...",
             "doc": doc if isinstance(doc, str) else None, "name": name if isinstance(name, str) else None}
@@ -9978,20 +9989,21 @@ class _WetliteModule(object):
         return __import__, ("wetlite",)
 
 
-def _local_target(target, function):
-    """main_environment: the object ``function`` of ``target`` (a module, or a local RemoteObject)."""
+def _local_target(env, target, function):
+    """main_environment ``env``: the object ``function`` of ``target`` (a module, or a RemoteObject of ``env``)."""
     if type(target) is RemoteObject:
-        target._wl_check(target._wl_env)
+        target._wl_check(env)
         return _walk(target._wl_object, function, "the object")
     return _resolve(target, function)
 
 
-def _local_arguments(args, kwargs):
-    """main_environment: RemoteObject arguments (top level, or in a top-level list,
-    tuple or dict) replaced by their objects, as a worker would see them."""
+def _local_arguments(env, args, kwargs):
+    """main_environment ``env``: RemoteObject arguments (top level, or in a top-level
+    list, tuple or dict) replaced by their objects, as a worker would see them;
+    a worker's RemoteObject there is an error."""
     def real(value):
         if type(value) is RemoteObject:
-            value._wl_check(value._wl_env)
+            value._wl_check(env)
             return value._wl_object
         if type(value) in (list, tuple):
             return type(value)(real(v) for v in value) if any(type(v) is RemoteObject for v in value) else value

@@ -80,6 +80,7 @@ def test_methods_attributes_and_dunders(any_env):
     assert model["k"] == ("k", 10)                  # __getitem__
     assert {"predict", "child", "scale", "calls", "release"} <= set(dir(model))
     assert "task_helpers.Model" in repr(model) and any_env.name in repr(model)
+    assert "<task_helpers.Model object at" in repr(model)   # the module's own name, not wetlite's for a path
     assert model.__doc__ == "A model that cannot be pickled (it holds a lock)."
     assert model.predict.__name__ == "predict"
     assert model.predict.__doc__ is None            # the method has none
@@ -191,6 +192,16 @@ def test_a_handle_cannot_be_pickled_or_sent_to_another_environment(mgr, shared, 
     local = mgr.main_environment.execute(T, "make_model", (1,), ref=True)
     with pytest.raises(wetlite.ExecutorError, match="main_environment"):
         shared.execute(T, "use_model", (local, 1))
+    # ... and a worker's handle into main_environment: an error, never None in its place
+    main = mgr.main_environment
+    for call in (lambda: main.execute(T, "use_model", (model, 1)),
+                 lambda: main.execute(T, "scales", ([model],)),
+                 lambda: main.execute(T, "use_model", (), {"model": model, "x": 1}),
+                 lambda: main.submit(T, "use_model", (model, 1)).result(timeout=30),
+                 lambda: main.execute(model, "predict", (1,)),
+                 lambda: main.submit(model, "predict", (1,)).result(timeout=30)):
+        with pytest.raises(wetlite.ExecutorError, match="belongs to environment %r" % shared.name):
+            call()
     assert model.predict(3) == 3                    # still fine in its own environment
 
 
@@ -221,8 +232,8 @@ def test_remote_functions_have_doc_and_name_for_help(shared):
     assert os_mod.sep == os.sep and os_mod.path.join("a", "b") == os.path.join("a", "b")
 
 
-def test_remote_function_ref_and_submit(shared):
-    mod = shared.import_module(T)
+def test_remote_function_ref_and_submit(any_env):
+    mod = any_env.import_module(T)
     model = mod.make_model.ref(6)
     assert model.predict(1) == 6
     assert mod.Model.ref(2).doubled == 4

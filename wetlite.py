@@ -4623,8 +4623,21 @@ class Environment(object):
             return self._running_worker(payload_args).call(message, payload_args, what, timeout, future, task, wait)
         except _NotSent:
             # It died while idle (nothing was running): start a new one.
-            return self._running_worker(payload_args).call(message, payload_args, what, timeout, future, task,
-                                                           wait)
+            worker = self._running_worker(payload_args)
+        except _HeldElsewhere as exc:
+            # A RemoteObject deep in the arguments lives in another worker of the pool: the call goes there.
+            worker, moved = exc.worker, exc
+        else:
+            moved = None
+        try:
+            return worker.call(message, payload_args, what, timeout, future, task, wait)
+        except _HeldElsewhere as exc:
+            if moved is None:
+                raise
+            raise ExecutorError("the arguments hold RemoteObjects of different workers of environment %r (%r in %s, "
+                                "%r in %s); a call runs in one worker: pass objects of one worker"
+                                % (self.name, moved.handle, _worker_label(moved.worker), exc.handle,
+                                   _worker_label(exc.worker)))
 
     @property
     def cancel_grace(self):
@@ -8181,6 +8194,16 @@ class _NotSent(WorkerDied):
     so the environment may start a new worker and send it there."""
 
 
+class _HeldElsewhere(ExecutorError):
+    """A RemoteObject in a call's arguments lives in another worker of the
+    same environment (a pool): nothing was sent, and the call may go there."""
+
+    def __init__(self, message, handle, worker):
+        ExecutorError.__init__(self, message)
+        self.handle = handle
+        self.worker = worker
+
+
 _CALL_IDS = None                # itertools.count: call ids, unique in this process (Task.id, handle ids)
 
 
@@ -9962,9 +9985,9 @@ class RemoteObject(object):
     def __reduce_ex__(self, protocol):
         worker = self._wl_worker
         destination = getattr(_PICKLING_FOR, "worker", None) if _PICKLING_FOR is not None else None
-        if worker is not None and destination is not None:
-            if destination.env is self._wl_env:
-                self._wl_check(self._wl_env)
+        same_env = worker is not None and destination is not None and destination.env is self._wl_env
+        if same_env:
+            self._wl_check(self._wl_env)
             if destination is worker:
                 import operator
                 # In the worker this unpickles as wetlite._held_object(id): the object itself.
@@ -9974,8 +9997,11 @@ class RemoteObject(object):
         if destination is None:
             raise ExecutorError("%r cannot be pickled: it lives in %s.  Pass it as an argument of a call to its own "
                                 "environment, or read the values you need from it" % (self, where))
-        raise ExecutorError("%r lives in %s; it cannot be sent to %s.  Pass plain values instead (read them from "
-                            "the object), or make the object there" % (self, where, _worker_label(destination)))
+        message = ("%r lives in %s; it cannot be sent to %s.  Pass plain values instead (read them from the "
+                   "object), or make the object there" % (self, where, _worker_label(destination)))
+        if same_env:
+            raise _HeldElsewhere(message, self, worker)      # another worker of its pool: Environment._call moves
+        raise ExecutorError(message)
 
 
 def _worker_label(worker):

@@ -314,6 +314,33 @@ def test_remote_objects_are_pinned_to_their_worker(pool):
             env.execute(T, "scales", ([a, b],))
 
 
+def test_handles_nested_anywhere_in_the_arguments_go_to_their_worker(pool, tmp_path):
+    import types
+    env = pool(2)
+    flag = tmp_path / "free"
+    busy = env.submit(T, "after_file", (0, str(flag)))          # holds the first worker ...
+    model = env.execute(T, "make_model", (7,), ref=True)        # ... so this one lives in the second
+    flag.touch()
+    assert busy.result(timeout=30) == 0
+    home = model._wl_worker
+    assert home is env._pool.slots[1]
+    nested = [(([[[model]]],), (0, 0, 0)),
+              (({"a": [{"m": model}]},), ("a", 0, "m")),
+              ((types.SimpleNamespace(m=model),), ("m",)),
+              (((1, [model, 2]),), (1, 0))]
+    for box, path in nested:
+        for _ in range(3):          # idle workers: least-loaded alone would pick the first
+            assert env.execute(T, "scale_at", box + path) == 7
+            assert env.submit(T, "scale_at", box + path).result(timeout=30) == 7
+        assert list(env.map(T, "scale_at", *[[x] * 4 for x in box + path])) == [7] * 4
+    other = env.execute(T, "make_model", (1,), ref=True)        # idle: the first worker
+    assert other._wl_worker is env._pool.slots[0]
+    with pytest.raises(wetlite.ExecutorError, match="different workers"):
+        env.execute(T, "scale_at", ([[other], [[model]]], 1, 0, 0))
+    with pytest.raises(wetlite.ExecutorError, match="different workers"):
+        env.execute(T, "scale_at", ([[model], [[other]]], 0, 0))
+
+
 def test_each_worker_has_its_own_shared_memory_and_nothing_leaks(pool):
     if not wetlite._shm_available():
         pytest.skip("no shared memory here")

@@ -10979,38 +10979,86 @@ def _cmd_map(args):
             workers = int(workers)
         except ValueError:
             raise SpecError("--workers must be a number or 'auto', not %r" % (workers,))
-
-    bad = []                # a bad input line ends the input; the results before it are printed first
-
-    def calls():
-        for number, line in enumerate(sys.stdin, 1):
-            if not line.strip():
-                continue
-            try:
-                value = _json_value(line.strip(), "input line %d" % number)
-                if not isinstance(value, (list, dict)):
-                    raise SpecError("input line %d must be a JSON list of arguments, or an object of keyword "
-                                    "arguments, not %r" % (number, line.strip()))
-            except SpecError as exc:
-                bad.append(exc)
-                return
-            yield (value, None) if isinstance(value, list) else ((), value)
     env = _manager(args).get(args.name)
-    what = "%s:%s" % (args.module, args.function)
     try:
         env.launch(workers=workers)
-        for result in env._map(args.module, args.function, calls(), args.timeout, not args.unordered, None, None):
-            sys.stdout.write(_json_text(result, what) + "\n")
-            sys.stdout.flush()
-        if bad:
-            raise bad[0]
-    except WetliteError:
-        raise
-    except Exception as exc:
-        raise _call_failure(exc, what)
+        _map_lines(env, args.module, args.function, args.timeout, not args.unordered)
     finally:
         env.exit()
     return 0
+
+
+def _map_lines(env, module, function, timeout, ordered):
+    """``wetlite map``: each result is printed once it (and, in order, those before
+    it) is ready, even while the next input line is awaited, so the command can
+    sit in a streaming pipe.  That is why the input is read on a thread and the
+    calls are submitted here, not by map(), which reads its input on the
+    caller's thread.  As in map(): two calls per worker in flight, and at the
+    first failure (once the results before it are printed) the rest is cancelled."""
+    import concurrent.futures
+    import queue
+    import threading
+    events = queue.Queue()          # ("line", number, (args, kwargs)), ("done",), ("end", bad line error or None)
+    room = threading.Semaphore(2 * env._map_width())
+    stopped = threading.Event()
+
+    def read():
+        error = None
+        try:
+            for number, line in enumerate(sys.stdin, 1):
+                if line.strip():
+                    call = _input_call(line.strip(), number)
+                    room.acquire()
+                    if stopped.is_set():
+                        return
+                    events.put(("line", number, call))
+        except Exception as exc:            # a bad line: the results before it are printed first
+            error = exc if isinstance(exc, WetliteError) else CommandError("cannot read the input: %s" % exc)
+        events.put(("end", error))
+    reader = threading.Thread(target=read, name="wetlite-map-input")
+    reader.daemon = True                    # it may wait on stdin for ever
+    reader.start()
+    what = "%s:%s" % (module, function)
+    run = _MapRun(None, (), 0, ordered)     # its pending tasks, taken in order or as they finish
+    lines = {}                              # task -> its input line number
+    ended = bad = None
+    try:
+        while run.pending or not ended:
+            event = events.get()
+            if event[0] == "line":
+                args, kwargs = event[2]
+                task = env.submit(module, function, args, kwargs, timeout)
+                lines[task] = event[1]
+                run.pending.append(task)
+                task.add_done_callback(lambda task: events.put(("done",)))
+            elif event[0] == "end":
+                ended, bad = True, event[1]
+            for task in run.take():
+                room.release()
+                number = lines.pop(task)
+                try:
+                    result = task.result()
+                except WetliteError as exc:
+                    raise CommandError("input line %d: %s" % (number, exc))
+                except Exception as exc:
+                    raise _call_failure(exc, "%s on input line %d" % (what, number))
+                sys.stdout.write(_json_text(result, what) + "\n")
+                sys.stdout.flush()
+        if bad is not None:
+            raise bad
+    finally:
+        stopped.set()
+        room.release()                      # (the reader may be waiting for room)
+        concurrent.futures.wait(run.cancel_rest())      # the calls have stopped when the command ends
+
+
+def _input_call(line, number):
+    """An input line of ``wetlite map`` as (args, kwargs)."""
+    value = _json_value(line, "input line %d" % number)
+    if not isinstance(value, (list, dict)):
+        raise SpecError("input line %d must be a JSON list of arguments, or an object of keyword arguments, not %r"
+                        % (number, line))
+    return (value, None) if isinstance(value, list) else ((), value)
 
 
 class _NoJSONForm(Exception):

@@ -477,11 +477,34 @@ def test_cli_map_stops_at_the_first_failure(cli_root, monkeypatch, capsys, tmp_p
     stdin = "".join(json.dumps([str(tmp_path / "r"), i, 2]) + "\n" for i in range(6))
     code, results, err = run_map(cli_root, monkeypatch, capsys, stdin, T, "record")
     assert code == 1 and results == [0, 1]
-    assert "item 2 failed" in err
+    assert "item 2 failed" in err and "input line 3" in err         # which input failed (--unordered too)
+    code, results, err = run_map(cli_root, monkeypatch, capsys, stdin, T, "record", "--unordered")
+    assert code == 1 and "item 2 failed" in err and "input line 3" in err
     code, results, err = run_map(cli_root, monkeypatch, capsys, "[1]\nnot json\n", "operator", "neg")
     assert code == 1 and results == [-1] and "input line 2" in err
     code, results, err = run_map(cli_root, monkeypatch, capsys, "[1]\n", "operator", "neg", "--workers", "x")
     assert code == 1 and "--workers" in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_map_prints_each_result_before_the_next_input_arrives(cli_root, workers):
+    import select
+    proc = subprocess.Popen([sys.executable, wetlite.__file__, "-q", "--root", cli_root, "map", "mapper", "operator",
+                             "neg", "--workers", workers], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        got = []
+        for i in (1, 2, 3):
+            proc.stdin.write(b"[%d]\n" % i)
+            proc.stdin.flush()
+            assert select.select([proc.stdout], [], [], 60)[0], "no result for line %d while stdin is open" % i
+            got.append(json.loads(proc.stdout.readline()))
+        proc.stdin.close()
+        assert proc.wait(60) == 0 and proc.stdout.read() == b""
+        assert got == [-1, -2, -3]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_wetlands_max_workers_is_workers(pool):

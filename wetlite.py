@@ -6197,9 +6197,12 @@ def _recipe_diff(old, new):
         identity = identity if isinstance(identity, dict) else {}
         spec = identity.get("spec")
         flat = dict(_spec_summary(spec) if isinstance(spec, dict) else {})
-        for key, label in (("tool", "tool"), ("channels", "default channels"), ("config", "config"),
-                           ("default_python", "default python")):
+        for key, label in (("tool", "tool"), ("channels", "default channels"), ("config", "config")):
             flat[label] = identity.get(key)
+        if "python" not in flat:        # one line for one change of python: the default is what was built
+            default = identity.get("default_python")
+            flat["python"] = "%s (the default)" % default if default else \
+                ("(the config file's)" if identity.get("config") else None)
         return flat
     old, new = shown(old), shown(new)
     lines = []

@@ -5,64 +5,22 @@ behaviour is the same; worker-only behaviour (restarts, pickling rules, GC
 release) has its own tests.
 """
 import gc
-import itertools
 import os
 import pickle
 import pydoc
 import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import local_interpreters, wait_for, wetlite
+from venv_worker_fixtures import any_env, fresh, mgr, shared  # noqa: F401 (fixtures)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
 HELPERS = os.path.join(HERE, "executor_data", "worker_helpers.py")
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="these tests kill workers with POSIX signals")
-
-
-
-@pytest.fixture(scope="module")
-def mgr(tmp_path_factory):
-    m = wetlite.EnvironmentManager(root=str(tmp_path_factory.mktemp("remote") / "root"), tool="venv")
-    yield m
-    m.exit()
-
-
-@pytest.fixture(scope="module")
-def shared(mgr, tmp_path_factory):
-    """A venv on the host's Python (without pip: the executor needs none), its worker running."""
-    path = str(tmp_path_factory.mktemp("remote") / "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True)
-    env = mgr.load("remote", path)
-    env.launch(timeout=30)
-    yield env
-    env.exit()
-
-
-_names = itertools.count(1)
-
-
-@pytest.fixture
-def fresh(mgr, shared):
-    made = []
-
-    def make():
-        e = mgr.load("remotefresh%d" % next(_names), shared.path)
-        made.append(e)
-        return e.launch(timeout=30)
-    yield make
-    for e in made:
-        e.exit()
-        mgr.environments.pop(e.name, None)
-
-
-@pytest.fixture(params=["worker", "main"])
-def any_env(request, mgr, shared):
-    return shared if request.param == "worker" else mgr.main_environment
 
 
 # --- using a handle ------------------------------------------------------------------

@@ -6,7 +6,6 @@ conditions with generous deadlines, never fixed sleeps.
 """
 import asyncio
 import concurrent.futures
-import itertools
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ import time
 import pytest
 
 from conftest import local_interpreters, wait_for, wetlite
+from venv_worker_fixtures import any_env, fresh, mgr, shared, unique_name  # noqa: F401 (fixtures)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
@@ -25,50 +25,8 @@ T = os.path.join(HERE, "executor_data", "task_helpers.py")
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the kill and interrupt paths tested here are POSIX")
 
 
-
-@pytest.fixture(scope="module")
-def mgr(tmp_path_factory):
-    m = wetlite.EnvironmentManager(root=str(tmp_path_factory.mktemp("tasks") / "root"), tool="venv")
-    yield m
-    m.exit()
-
-
-@pytest.fixture(scope="module")
-def shared(mgr, tmp_path_factory):
-    """A venv on the host's Python (without pip: the executor needs none), its worker running."""
-    path = str(tmp_path_factory.mktemp("tasks") / "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True)
-    env = mgr.load("tasks", path)
-    env.launch(timeout=30)
-    yield env
-    env.exit()
-
-
-_names = itertools.count(1)
-
-
-@pytest.fixture
-def fresh(mgr, shared):
-    made = []
-
-    def make():
-        e = mgr.load("taskfresh%d" % next(_names), shared.path)
-        made.append(e)
-        return e.launch(timeout=30)
-    yield make
-    for e in made:
-        e.exit()
-        mgr.environments.pop(e.name, None)
-
-
-@pytest.fixture(params=["worker", "main"])
-def any_env(request, mgr, shared):
-    """The same test against a worker and against main_environment."""
-    return shared if request.param == "worker" else mgr.main_environment
-
-
 def started_file(tmp_path):
-    return str(tmp_path / ("started-%d" % next(_names)))
+    return str(tmp_path / ("started-%d" % unique_name()))
 
 
 # --- Task is a Future ----------------------------------------------------------------

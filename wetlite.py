@@ -2620,20 +2620,31 @@ _TOML_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"'
 class _TomlReader(object):
     """A TOML 1.0 reader.  ``strings`` maps the key path of every string value
     (a tuple of keys and array indexes) to ``(start, end, value)`` in the text.
-    Dates and times are kept as their text."""
+    Dates and times are kept as their text, once checked that they exist."""
 
     def __init__(self, text, where):
         self.text = text
         self.where = where
         self.pos = 0
         self.strings = {}
-        self._explicit = set()
+        # TOML lets a table be defined once, by a [header] or by dotted keys, and
+        # closes inline tables and arrays once written; these say which key paths
+        # are taken: defined tables (True if by a header) and closed values.
+        self._defined = {}
+        self._closed = set()
 
     def fail(self, why):
         line = self.text.count("\n", 0, self.pos) + 1
         raise SpecError("%s is not valid TOML: %s (line %d)" % (self.where, why, line))
 
     def parse(self):
+        import re
+        # Only tab and line ends (LF, CRLF) may be written raw, in strings and comments alike.
+        found = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)").search(self.text)
+        if found:
+            self.pos = found.start()
+            self.fail("a carriage return without a newline after it" if found.group() == "\r" else
+                      "the control character U+%04X (TOML takes only tabs and line ends unescaped)" % ord(found.group()))
         root = {}
         table, path = root, ()
         while True:
@@ -2667,6 +2678,7 @@ class _TomlReader(object):
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
             value = table.get(key)
+            self.check_open(path + (key,))
             if last and array:
                 if value is None:
                     value = table[key] = []
@@ -2680,21 +2692,35 @@ class _TomlReader(object):
                 path += (key, len(value) - 1)
                 table = value[-1]
                 continue
-            elif not isinstance(value, dict) or (last and path + (key,) in self._explicit):
-                self.fail("the table %r is defined twice" % ".".join(keys))
+            elif not isinstance(value, dict) or (last and path + (key,) in self._defined):
+                how = "" if self._defined.get(path + (key,), True) else " (first by dotted keys)"
+                self.fail("the table %r is defined twice%s" % (".".join(keys), how))
             table, path = value, path + (key,)
-        self._explicit.add(path)
+        self._defined[path] = True
         return table, path
 
     def assign(self, table, keys, path):
         for key in keys[:-1]:
             table = table.setdefault(key, {})
+            path += (key,)
+            self.check_open(path)
             if not isinstance(table, dict):
                 self.fail("the key %r is already a value" % key)
-            path += (key,)
+            if self._defined.get(path):
+                self.fail("the table %r has a [header]; dotted keys cannot add to it" % self.name(path))
+            self._defined[path] = False
         if keys[-1] in table:
             self.fail("the key %r is defined twice" % ".".join(keys))
         table[keys[-1]] = self.value(path + (keys[-1],))
+
+    def check_open(self, path):
+        """Refuse to add to an inline table or array (``path`` names a table that would be)."""
+        if path in self._closed:
+            self.fail("%r is an inline table or array, which cannot be added to" % self.name(path))
+
+    @staticmethod
+    def name(path):
+        return ".".join(str(key) for key in path)
 
     def skip(self, newlines=False):
         """Skip spaces and tabs (and comments and newlines if ``newlines``)."""
@@ -2742,6 +2768,8 @@ class _TomlReader(object):
         ch = text[pos:pos + 1]
         if ch in ('"', "'"):
             return self.string(path)
+        if ch in ("[", "{"):    # closed to later keys and headers; its own items go in below
+            self._closed.add(path)
         if ch == "[":
             self.pos += 1
             items = []
@@ -2785,6 +2813,7 @@ class _TomlReader(object):
                            r"|\d{2}:\d{2}:\d{2}(?:\.\d+)?").match(text, pos)
         if found:
             self.pos = found.end()
+            self.check_date_time(found.group())
             return found.group()
         found = re.compile(r"[+-]?(?:0x[0-9A-Fa-f](?:_?[0-9A-Fa-f])*|0o[0-7](?:_?[0-7])*|0b[01](?:_?[01])*"
                            r"|inf|nan|(?:0|[1-9](?:_?\d)*)(?:\.\d(?:_?\d)*)?(?:[eE][+-]?\d(?:_?\d)*)?)").match(text, pos)
@@ -2799,6 +2828,19 @@ class _TomlReader(object):
         if digits in ("inf", "nan") or "." in digits or "e" in digits.lower():
             return float(number)
         return int(number)
+
+    def check_date_time(self, value):
+        """Refuse a date or time that does not exist (February 30, 24:00:00), as tomllib does."""
+        import datetime
+        import re
+        try:
+            date = re.match(r"(\d{4})-(\d{2})-(\d{2})", value)
+            if date:
+                datetime.date(*map(int, date.groups()))
+            for hours, minutes, seconds in re.findall(r"(\d{2}):(\d{2})(?::(\d{2}))?", value):   # and offsets
+                datetime.time(int(hours), int(minutes), int(seconds or 0))
+        except ValueError:
+            self.fail("%s is not a real date or time" % value)
 
     def string(self, path):
         """A string at pos; ``path`` (when not None) records where it is."""
@@ -2829,11 +2871,12 @@ class _TomlReader(object):
                 break
             if ch in "\r\n" and not multi:
                 self.fail("a newline in a single-line string")
+            if ch == "\r":     # a CRLF line end inside the string reads as "\n", as with tomllib
+                self.pos += 1
+                continue
             if ch == "\\" and quote == '"':
                 out.append(self.escape(multi))
                 continue
-            if ord(ch) < 32 and ch not in "\t\r\n" or ch == "\x7f":
-                self.fail("a control character in a string")
             out.append(ch)
             self.pos += 1
         value = "".join(out)

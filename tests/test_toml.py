@@ -1,13 +1,15 @@
 """wetlite's own TOML reader (for hosts without tomllib) agrees with tomllib."""
 import datetime
 import glob
+import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
 
-from conftest import wetlite
+from conftest import HANG, local_interpreters, wetlite
 
 tomllib = pytest.importorskip("tomllib")
 
@@ -29,8 +31,15 @@ DOCUMENTS = [
     'g = { x = 1, "y.z" = [true, false], n = { m = "q" } }\nh.i.j = "dotted"\n"quoted key" = \'v\'\n'
     '[t]\nv = [\n  "a", # comment\n  "b",\n]\ns = """a""\\""""\ns2 = """a"""""\n'
     '[[arr]]\nn = 1\n[[arr]]\nn = 2\n[arr.sub]\ndeep = "yes"\n[t.u]\nw = []\n',
-    # Empty and comment-only documents; CRLF line ends.
-    "", "# nothing\n\n", 'a = "b"\r\n[c]\r\nd = 1\r\n',
+    # Empty and comment-only documents; CRLF line ends (inside multi-line strings they read as "\n").
+    "", "# nothing\n\n", 'a = "b"\r\n[c]\r\nd = 1\r\n', "a = \"\"\"x\r\ny\"\"\"\r\nb = '''\r\nq\r\n'''\r\n# c\tc\r\n",
+    # Where TOML lets a table be added to: headers below a table that dotted keys defined, a
+    # super-table's header after its sub-table's, dotted keys through a table a header only implied,
+    # and, within one section or inline table, more dotted keys through the same tables.
+    '[fruit]\napple.color = "red"\napple.taste.sweet = true\n[fruit.apple.texture]\nsmooth = true\n',
+    '[x.y.z.w]\n[x]\n', '[a.b.c]\nz = 9\n[a]\nb.d = 1\n', 'a = { b.c = 1, b.d = 2 }\n',
+    'a.b = 1\na.c = 2\n[x]\ny.z = 1\ny.w = 2\n', 'a = {}\nb.c = {}\n[d]\n',
+    '[[f]]\nn = "a"\n[f.p]\nc = "r"\n[[f.v]]\nn = "x"\n[[f]]\nn = "b"\n[[f.v]]\nn = "y"\n[f.p]\nc = 1\n',
 ]
 
 
@@ -61,13 +70,33 @@ def test_dates_are_kept_as_text():
     assert data == {"when": "1979-05-27T07:32:00Z", "day": "1979-05-27", "at": "07:32:00"}
 
 
-@pytest.mark.parametrize("text", ['a = 1\na = 2\n', '[t]\n[t]\n', 'a = "unterminated\n', 'a = \n', 'a = [1,,]\n',
-                                  'a = "\\q"\n', 'a = 1 b = 2\n', '[t\n', 'a = {x = 1\n'])
-def test_invalid_documents_are_spec_errors(text):
-    with pytest.raises(tomllib.TOMLDecodeError):
+def refused_as_tomllib_refuses(text, where):
+    """The reader's SpecError for ``text``, which tomllib refuses too; on the line tomllib names."""
+    with pytest.raises(tomllib.TOMLDecodeError) as expected:
         tomllib.loads(text)
-    with pytest.raises(wetlite.SpecError, match="is not valid TOML"):
-        wetlite._TomlReader(text, "bad.toml").parse()
+    with pytest.raises(wetlite.SpecError, match="is not valid TOML") as info:
+        wetlite._TomlReader(text, where).parse()
+    line = re.search(r"at line (\d+),", str(expected.value))
+    if line:
+        assert str(info.value).endswith("(line %s)" % line.group(1)), (str(info.value), str(expected.value))
+    return info.value
+
+
+@pytest.mark.parametrize("text", [
+    'a = 1\na = 2\n', '[t]\n[t]\n', 'a = "unterminated\n', 'a = \n', 'a = [1,,]\n',
+    'a = "\\q"\n', 'a = 1 b = 2\n', '[t\n', 'a = {x = 1\n',
+    # A table is defined once, by a header or by dotted keys; inline tables and arrays are closed.
+    'a.b = 1\n[a]\n', 'a.b.c = 1\n[a.b]\n', '[a.b.c]\n[a]\nb.d = 1\n[a.b]\n', '[a]\n[a.b]\n[a]\nb.c = 1\n',
+    '[a.b]\n[a]\nb.c = 1\n', 'a = []\n[[a]]\n', 'a = [{}]\n[[a]]\n', 'a = [{}]\n[a.b]\n', 'a = {}\n[a]\n',
+    'a = {}\n[a.b]\n', '[a]\nb = {}\n[a.b.c]\n', '[a]\nb = {c = {}}\nb.c.d = 1\n', 'a = {b = [1], b.c = 2}\n',
+    # Dates and times that do not exist.
+    'a = 1900-02-29\n', 'a = 2021-13-01\n', 'a = 2021-00-10\n', 'a = 24:00:00\n', 'a = 23:60:00\n',
+    'a = 1979-05-27T07:32:60Z\n', 'a = 1979-05-27T07:32:00+24:00\n', 'a = 1979-05-27 07:32:00-01:60\n',
+    # Control characters other than tab, and carriage returns that do not end a line.
+    'a = "x\x01"\n', "a = 'x\x7f'\n", '# \x00\n', 'a = 1 # x\x1f\n', 'a = 1\r\n\rb = 2\n', 'a = """x\r"""\n',
+    "a = '''x\ry'''\n"])
+def test_invalid_documents_are_spec_errors(text):
+    refused_as_tomllib_refuses(text, "bad.toml")
 
 
 def test_python_own_toml_test_suite_where_present():
@@ -107,36 +136,54 @@ def _tomllib_test_documents(kind):
 
 
 INVALID_ROOT, INVALID = _tomllib_test_documents("invalid")
-# Invalid TOML that wetlite's reader takes all the same (a wetlite.py bug, reported; the reader is
-# lenient where TOML forbids redefining or extending a table, and keeps dates as unchecked text).
-LENIENT = {
-    "dates-and-times/invalid-day.toml": "dates are kept as text, unchecked",
-    "dotted-keys/extend-defined-table-with-subtable.toml": "a dotted key extends a table a header defined",
-    "dotted-keys/extend-defined-table.toml": "a dotted key extends a table a header defined",
-    "inline-table/override-val-with-table.toml": "an inline table is extended afterwards",
-    "inline-table/overwrite-value-in-inner-table.toml": "an inline table is extended afterwards",
-    "invalid-comment-char.toml": "a control character in a comment",
-    "multiline-basic-str/carriage-return.toml": "a lone carriage return in a multi-line string",
-    "table/redefine-1.toml": "a table is defined twice",
-    "table/redefine-2.toml": "a table is defined twice",
-}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="wetlite's TOML reader accepts it: " + LENIENT[n]))
-    if n in LENIENT else n for n in INVALID])
+@pytest.mark.parametrize("name", INVALID)
 def test_python_own_invalid_toml_documents_are_refused(name):
     """Every document of CPython's tomllib tests that tomllib refuses is a SpecError that names the file."""
-    with open(os.path.join(INVALID_ROOT, name), encoding="utf-8") as f:
+    with open(os.path.join(INVALID_ROOT, name), encoding="utf-8", newline="") as f:    # a lone CR stays one
         text = f.read()
-    with pytest.raises(tomllib.TOMLDecodeError):
-        tomllib.loads(text)
-    with pytest.raises(wetlite.SpecError, match="is not valid TOML") as info:
-        wetlite._TomlReader(text, name).parse()
-    assert name in str(info.value)
+    assert name in str(refused_as_tomllib_refuses(text, name))
 
 
 def test_toml_loads_with_tomllib_says_where_and_what(tmp_path):
     with pytest.raises(wetlite.SpecError) as info:
         wetlite._toml_loads('[workspace]\nname = "w"\nname = "again"\n', "the/pixi.toml")
     assert str(info.value).startswith("the/pixi.toml is not valid TOML: ") and "line 3" in str(info.value)
+
+
+OLD_PYTHONS = [(version, path) for version, path in local_interpreters() if version in ("3.6", "3.7", "3.8", "3.9", "3.10")]
+_READ_ALL = r"""
+import json, os, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+wetlite = __import__(os.path.basename(sys.argv[1])[:-3])
+
+def read(text):
+    try:
+        return wetlite._TomlReader(text, "doc").parse()
+    except wetlite.SpecError as exc:
+        return "SpecError: %s" % exc
+
+sys.stdout.write(json.dumps([read(text) for text in json.load(sys.stdin)], sort_keys=True))
+"""
+
+
+@pytest.mark.parametrize("python", [p for _v, p in OLD_PYTHONS] or [None], ids=[v for v, _p in OLD_PYTHONS] or ["none"])
+def test_the_reader_reads_alike_on_the_interpreters_that_need_it(python):
+    """The reader is for 3.6-3.10, which have no tomllib: there it reads every document (CPython's
+    valid and invalid ones, and this file's) to the same result or error as here, where the tests
+    above hold it to tomllib's."""
+    if python is None:
+        pytest.skip("no local Python 3.6-3.10 (pyenv) to run the reader on")
+    texts = list(DOCUMENTS)
+    for kind in ("valid", "invalid"):
+        root, names = _tomllib_test_documents(kind)
+        for name in names:
+            with open(os.path.join(root, name), encoding="utf-8", newline="") as f:
+                texts.append(f.read())
+    here = json.loads(subprocess.run([sys.executable, "-I", "-c", _READ_ALL, wetlite.__file__], input=json.dumps(texts),
+                                     stdout=subprocess.PIPE, universal_newlines=True, check=True, timeout=HANG).stdout)
+    there = json.loads(subprocess.run([python, "-I", "-c", _READ_ALL, wetlite.__file__], input=json.dumps(texts),
+                                      stdout=subprocess.PIPE, universal_newlines=True, check=True, timeout=HANG).stdout)
+    assert len(here) == len(texts) and sum(str(r).startswith("SpecError") for r in here) == len(INVALID) > 40
+    assert [json.dumps(r, sort_keys=True) for r in there] == [json.dumps(r, sort_keys=True) for r in here]

@@ -2165,7 +2165,7 @@ def _read_config(path, tool, optional=None, manifest=False):
                 result["conda"].append(spec)
         result["pip"] = data["pip"]
     else:
-        with open(path, "r", encoding="utf-8-sig") as f:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:     # as written: a lone CR is not TOML
             data = _toml_loads(f.read(), path)
         try:
             pixi = data.get("tool", {}).get("pixi") if kind == "pyproject" else data
@@ -6033,7 +6033,7 @@ def _write_pixi_workspace_config(directory):
 
 def _pixi_manifest_channels(manifest):
     """The channels a pixi.toml or pyproject.toml lists (names or URLs, as written)."""
-    with open(manifest, "r", encoding="utf-8") as f:
+    with open(manifest, "r", encoding="utf-8", newline="") as f:
         data = _toml_loads(f.read(), manifest)
     if os.path.basename(manifest) == "pyproject.toml":
         data = data.get("tool", {}).get("pixi", {})

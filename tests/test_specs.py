@@ -448,6 +448,7 @@ PIXI_HEAD = '[workspace]\nchannels = ["c"]\nplatforms = ["linux-64"]\n'
     ('[pypi-dependencies]\nfoo = 5\n', "pypi dependency 'foo' must be a version string or a table, not 5"),
     ('[pypi-dependencies]\nfoo = { version = ">1", index = "https://x" }\n', "the per-package index of 'foo' is pixi-only"),
     ('[dependencies]\nnumpy = ">1"\nnumpy = "<2"\n', "is not valid TOML"),
+    ('[dependencies]\nnumpy = ">1"\rscipy = "*"\n', "is not valid TOML"),    # a lone CR ends no line in TOML
 ])
 def test_a_pixi_manifest_other_tools_cannot_follow_is_a_spec_error(tmp_path, text, needle):
     path = write(tmp_path / "pixi.toml", PIXI_HEAD + text)

@@ -2974,7 +2974,7 @@ def _installed_distributions():
     import importlib.metadata
     found = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
+        name = dist.metadata.get("Name")
         if name:
             found.setdefault(_canonical_name(name), (dist.version, dist))
     return found
@@ -2993,7 +2993,7 @@ def _find_distribution(name):
             dist = importlib.metadata.distribution(candidate)
         except importlib.metadata.PackageNotFoundError:
             continue
-        if dist.metadata["Name"] and _canonical_name(dist.metadata["Name"]) == canonical:
+        if dist.metadata.get("Name") and _canonical_name(dist.metadata["Name"]) == canonical:
             return dist.version, dist
     return None
 
@@ -5040,7 +5040,7 @@ def _prefix_packages(prefix):
                     os.path.relpath(full, prefix).replace(os.sep, "/") in owned:
                 continue
             dist = importlib.metadata.Distribution.at(full)
-            if dist.metadata["Name"]:
+            if dist.metadata.get("Name"):
                 rows.append({"name": _canonical_name(dist.metadata["Name"]), "version": dist.version,
                              "kind": "pypi", "source": _installer(dist)})
     return rows
@@ -5200,6 +5200,8 @@ class EnvironmentManager(object):
         if tool not in _TOOLS:
             raise SpecError("unknown tool %r: choose 'pixi', 'micromamba' or 'venv'" % (tool,))
         self.tool = tool
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise SpecError("root must be a directory path, not %s %r" % (type(root).__name__, root))
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
         if tool == "venv":
             if tool_path is not None or tool_version is not None:

@@ -226,6 +226,9 @@ def test_wetlands_manager_arguments_choose_tool_and_root(tmp_path):
     main = str(tmp_path / "main-env")
     assert EnvironmentManager(str(tmp_path / "r"), tool="venv",
                               main_conda_environment_path=main).main_environment.path == main
+    for bad in ({"root": 5}, {"condaPath": 5}, {"conda_path": ["/x"]}):   # a SpecError naming the value, not os.fspath's
+        with pytest.raises(wetlite.SpecError, match="root must be a directory path, not (int 5|list)"):
+            EnvironmentManager(tool="venv", **bad)
 
 
 def test_log_file_path_gets_wetlites_log_records_once(tmp_path):

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from conftest import local_interpreters, wait_for, wetlite
+from conftest import wait_for, wetlite
+from venv_worker_fixtures import mgr, venv_on_local_python  # noqa: F401 (fixtures)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
@@ -30,13 +31,6 @@ def alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:
         return False
-
-
-@pytest.fixture(scope="module")
-def mgr(tmp_path_factory):
-    m = wetlite.EnvironmentManager(root=str(tmp_path_factory.mktemp("pools") / "root"), tool="venv")
-    yield m
-    m.exit()
 
 
 @pytest.fixture(scope="module")
@@ -425,16 +419,9 @@ def test_main_environment_workers_are_threads(mgr, tmp_path):
 
 # --- old and new worker Pythons --------------------------------------------------------
 
-LOCAL = dict(local_interpreters())
-
-
 @pytest.mark.parametrize("version", ["3.6", "3.13"])
 def test_a_pool_on_old_and_new_pythons(mgr, tmp_path, version):
-    if version not in LOCAL:
-        pytest.skip("no local Python %s here (pyenv)" % version)
-    path = str(tmp_path / "venv")
-    if subprocess.run([LOCAL[version], "-m", "venv", "--without-pip", path]).returncode != 0:
-        pytest.skip("python %s cannot make a venv here" % version)
+    path = venv_on_local_python(version, str(tmp_path / "venv"))
     env = mgr.load("pool%s" % version.replace(".", ""), path)
     try:
         env.launch(workers=2, timeout=30)

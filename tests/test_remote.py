@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import local_interpreters, wait_for, wetlite
-from venv_worker_fixtures import any_env, fresh, mgr, shared  # noqa: F401 (fixtures)
+from conftest import wait_for, wetlite
+from venv_worker_fixtures import any_env, fresh, mgr, shared, venv_on_local_python  # noqa: F401 (fixtures)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = os.path.join(HERE, "executor_data", "task_helpers.py")
@@ -200,16 +200,9 @@ def test_remote_function_ref_and_submit(any_env):
 
 # --- every local interpreter ------------------------------------------------------------
 
-LOCAL = dict(local_interpreters())
-
-
 @pytest.mark.parametrize("version", ["3.6", "3.13"])
 def test_handles_on_old_and_new_worker_pythons(mgr, tmp_path, version):
-    if version not in LOCAL:
-        pytest.skip("no local Python %s here (pyenv)" % version)
-    path = str(tmp_path / "venv")
-    if subprocess.run([LOCAL[version], "-m", "venv", "--without-pip", path]).returncode != 0:
-        pytest.skip("python %s cannot make a venv here" % version)
+    path = venv_on_local_python(version, str(tmp_path / "venv"))
     env = mgr.load("remote%s" % version.replace(".", ""), path)
     try:
         model = env.execute(T, "make_model", (3,), ref=True)

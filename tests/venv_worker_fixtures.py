@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import wetlite
+from conftest import local_interpreters, wetlite
 
 _names = itertools.count(1)
 
@@ -56,6 +56,16 @@ def fresh(request, mgr, shared):
 def any_env(request, mgr, shared):
     """The same test against a worker and against main_environment."""
     return shared if request.param == "worker" else mgr.main_environment
+
+
+def venv_on_local_python(version, path):
+    """A venv (without pip) at ``path`` on the local Python ``version``; the test skips where there is none."""
+    python = dict(local_interpreters()).get(version)
+    if python is None:
+        pytest.skip("no local Python %s here (pyenv)" % version)
+    if subprocess.run([python, "-m", "venv", "--without-pip", path]).returncode != 0:
+        pytest.skip("python %s cannot make a venv here" % version)
+    return path
 
 
 def unique_name():
